@@ -1,0 +1,330 @@
+"""
+Plumbing shared by the scripts, kept out of the math and out of the training loop:
+one-line errors for bad input, device/dtype/DDP setup, datasets on disk, checkpoint I/O
+and tokenizers.
+"""
+import json
+import math
+import os
+import pickle
+import random
+import sys
+import time
+from contextlib import nullcontext
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+
+CKPT_NAME = 'ckpt.pt'  # the checkpoint train.py writes and sample.py reads, as in the original
+MODEL_SHAPE_KEYS = ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias', 'vocab_size')
+
+
+def fail(message):
+    """Bad input, not a bug: say what to do in one line on stderr and exit with status 2."""
+    print(f"{os.path.basename(sys.argv[0])}: error: {message}", file=sys.stderr, flush=True)
+    sys.exit(2)
+
+
+# -----------------------------------------------------------------------------
+# device, dtype, compile and DDP
+
+def resolve_device(device):
+    """'auto' picks cuda, then mps, then cpu; an explicit device must exist on this machine."""
+    if device == 'auto':
+        if torch.cuda.is_available():
+            return 'cuda'
+        if torch.backends.mps.is_available():
+            return 'mps'
+        return 'cpu'
+    try:
+        kind, index = torch.device(device).type, torch.device(device).index
+    except RuntimeError:
+        fail(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps")
+    if kind == 'cuda' and not torch.cuda.is_available():
+        fail(f"--device={device} but this machine has no CUDA GPU; use --device=cpu (or auto)")
+    if kind == 'cuda' and index is not None and index >= torch.cuda.device_count():
+        fail(f"--device={device} but this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if kind == 'mps' and not torch.backends.mps.is_available():
+        fail(f"--device={device} but MPS is not available here; use --device=cpu (or auto)")
+    if kind not in ('cpu', 'cuda', 'mps'):
+        fail(f"unsupported device {device!r}; use auto, cpu, cuda, cuda:N or mps")
+    return device
+
+
+def resolve_dtype(dtype, device_type):
+    """'auto' is bfloat16 where CUDA supports it, else float16 on CUDA; float32 on CPU and MPS."""
+    if dtype == 'auto':
+        if device_type == 'cuda':
+            return 'bfloat16' if torch.cuda.is_bf16_supported() else 'float16'
+        return 'float32'
+    if dtype not in ('float32', 'bfloat16', 'float16'):
+        fail(f"unknown dtype {dtype!r}; use auto, float32, bfloat16 or float16")
+    if dtype == 'bfloat16' and device_type == 'cuda' and not torch.cuda.is_bf16_supported():
+        fail("--dtype=bfloat16 but this GPU does not support it; use --dtype=float16 (or auto)")
+    return dtype
+
+
+def resolve_compile(compile, device_type):
+    """'auto' compiles on CUDA only: elsewhere the minute of compiling rarely pays for itself."""
+    if compile == 'auto':
+        return device_type == 'cuda'
+    if not isinstance(compile, bool):
+        fail(f"--compile takes auto, True or False, not {compile!r}")
+    return compile
+
+
+def setup_runtime(device, dtype, compile, backend='auto', seed=1337):
+    """Everything about where and how the math runs, for train.py, sample.py and bench.py.
+
+    Under torchrun (RANK is set) this joins the process group, puts each rank on its own
+    device (cuda:LOCAL_RANK, or the CPU) and picks nccl on CUDA, gloo elsewhere.
+    """
+    rank, local_rank, world_size = 0, 0, 1
+    ddp = int(os.environ.get('RANK', -1)) != -1
+    if ddp:
+        rank, local_rank = int(os.environ['RANK']), int(os.environ['LOCAL_RANK'])
+        world_size = int(os.environ['WORLD_SIZE'])
+        if device == 'auto':
+            device = 'cuda' if torch.cuda.is_available() else 'cpu'
+        if device.startswith('cuda'):
+            device = f'cuda:{local_rank}'
+        device = resolve_device(device)
+        if device.startswith('mps'):
+            fail("DDP is not supported on MPS; use --device=cpu with torchrun, or drop torchrun")
+        if backend == 'auto':
+            backend = 'nccl' if device.startswith('cuda') else 'gloo'
+        if device.startswith('cuda'):
+            torch.cuda.set_device(device)
+        torch.distributed.init_process_group(backend=backend)
+    device = resolve_device(device)
+    device_type = torch.device(device).type
+    dtype = resolve_dtype(dtype, device_type)
+    ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[dtype]
+    torch.manual_seed(seed + rank)  # ranks differ in dropout masks
+    if device_type == 'cuda':
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return SimpleNamespace(
+        ddp=ddp, rank=rank, local_rank=local_rank, world_size=world_size, master=rank == 0,
+        device=device, device_type=device_type, dtype=dtype, ptdtype=ptdtype, backend=backend,
+        compile=resolve_compile(compile, device_type),
+        autocast=nullcontext() if dtype == 'float32' else torch.autocast(device_type, dtype=ptdtype),
+    )
+
+
+def all_ranks_mean(value, runtime):
+    """The mean of a float over all DDP ranks (the value itself without DDP)."""
+    if not runtime.ddp:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=runtime.device)
+    torch.distributed.all_reduce(t)
+    return t.item() / runtime.world_size
+
+
+def gather_from_ranks(obj, runtime):
+    """A list of obj from every rank, in rank order (all ranks must call this together)."""
+    if not runtime.ddp:
+        return [obj]
+    gathered = [None] * runtime.world_size
+    torch.distributed.all_gather_object(gathered, obj)
+    return gathered
+
+
+# -----------------------------------------------------------------------------
+# datasets: train.bin / val.bin (uint16 token ids) and an optional meta.pkl
+
+def dataset_paths(data_dir):
+    return {split: os.path.join(data_dir, f'{split}.bin') for split in ('train', 'val')}
+
+
+def check_dataset(data_dir, dataset):
+    """Check that a dataset is prepared; return its meta.pkl contents, or None without one."""
+    prepare = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', dataset, 'prepare.py')
+    hint = f"run python {os.path.relpath(prepare)} first" if os.path.exists(prepare) else \
+        f"put train.bin and val.bin (uint16 token ids) in {data_dir}"
+    if not os.path.isdir(data_dir):
+        fail(f"dataset folder {data_dir} does not exist; {hint}")
+    for path in dataset_paths(data_dir).values():
+        if not os.path.exists(path):
+            fail(f"{path} is missing, the dataset is not prepared; {hint}")
+        if os.path.getsize(path) % 2:
+            fail(f"{path} has an odd number of bytes, so it is not uint16 token ids; prepare it again")
+    meta_path = os.path.join(data_dir, 'meta.pkl')
+    if not os.path.exists(meta_path):
+        return None
+    try:
+        with open(meta_path, 'rb') as f:
+            meta = pickle.load(f)
+        int(meta['vocab_size'])
+    except Exception as e:
+        fail(f"{meta_path} is unreadable ({type(e).__name__}); prepare the dataset again ({hint})")
+    return meta
+
+
+FULL_SCAN_BYTES = 1 << 30  # .bin files up to this size are scanned for bad token ids before training
+
+
+def check_bins(paths, block_size, vocab_size):
+    """Each split must hold a whole block plus its target, and (if small enough to scan) no
+    token id the model cannot embed; larger files are checked batch by batch instead."""
+    for path in paths.values():
+        tokens = os.path.getsize(path) // 2
+        if tokens < block_size + 1:
+            fail(f"{path} holds {tokens} tokens, fewer than block_size + 1 = {block_size + 1}; "
+                 f"use a smaller --block_size or more data")
+        if tokens * 2 <= FULL_SCAN_BYTES and max_token(path) >= vocab_size:
+            fail(f"{path} has token ids >= the model's vocab_size ({vocab_size}); "
+                 f"prepare the dataset again or train a model with a larger vocabulary")
+
+
+def max_token(path, chunk_tokens=1 << 24):
+    """The largest token id in a .bin file, read in bounded chunks rather than all at once."""
+    largest = 0
+    with open(path, 'rb') as f:
+        while chunk := f.read(chunk_tokens * 2):
+            largest = max(largest, int(np.frombuffer(chunk, dtype=np.uint16).max()))
+    return largest
+
+
+def ensure_writable(out_dir):
+    """Fail now, not after hours of training, when checkpoints could not be written."""
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        probe = os.path.join(out_dir, f".write-test-{os.getpid()}")
+        with open(probe, 'w'):
+            pass
+        os.remove(probe)
+    except OSError as e:
+        fail(f"out_dir {out_dir} is not writable ({e.strerror}); choose another with --out_dir=PATH")
+
+
+class MetricsLog:
+    """out_dir/metrics.jsonl: one JSON object per log or eval event, appended across resumes.
+
+    On resume, events after the checkpoint's iteration are dropped first: that stretch is
+    about to be trained again, and the file should read as one run."""
+
+    def __init__(self, out_dir, resume_iter=None):
+        self.path = os.path.join(out_dir, 'metrics.jsonl')
+        if resume_iter is not None and os.path.exists(self.path):
+            with open(self.path) as f:
+                kept = [line for line in f if line.strip() and json.loads(line).get('iter', 0) <= resume_iter]
+            with open(self.path + '.tmp', 'w') as f:
+                f.writelines(kept)
+            os.replace(self.path + '.tmp', self.path)
+        elif resume_iter is None and os.path.exists(self.path):
+            os.remove(self.path)  # a new run in this out_dir starts a new record
+        self.file = open(self.path, 'a')
+
+    def write(self, **event):
+        self.file.write(json.dumps({**event, 'time': round(time.time(), 3)}) + '\n')
+        self.file.flush()
+
+    def close(self):
+        self.file.close()
+
+
+# -----------------------------------------------------------------------------
+# checkpoints
+
+def save_checkpoint(checkpoint, path):
+    """Write atomically: a crash or kill -9 mid-save leaves the previous file intact."""
+    tmp = f"{path}.tmp"
+    with open(tmp, 'wb') as f:
+        torch.save(checkpoint, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path, device='cpu'):
+    """Load a checkpoint of ours or of the original nanoGPT, or stop with a clear error."""
+    if not os.path.exists(path):
+        fail(f"no checkpoint at {path}; train one first (python train.py ...) "
+             f"or point --out_dir at the folder that holds {CKPT_NAME}")
+    try:
+        checkpoint = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:  # truncated zip, not a torch file, unsafe pickle: all unreadable here
+        reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        fail(f"{path} is not a readable checkpoint ({reason}); it may be truncated or "
+             f"written by another program: train again or restore a good copy")
+    if not isinstance(checkpoint, dict) or not {'model', 'model_args'} <= checkpoint.keys():
+        fail(f"{path} is not a nanoGPT checkpoint (it lacks 'model' and 'model_args')")
+    return checkpoint
+
+
+def model_from_checkpoint(checkpoint, path, **overrides):
+    """Build the GPT a checkpoint describes and load its weights (dropout may be overridden)."""
+    from model import GPT, GPTConfig  # late import: prepare scripts use this module without torch models
+    args = {**checkpoint['model_args'], **checkpoint.get('model_extra_args', {}), **overrides}
+    try:
+        model = GPT(GPTConfig(**args))
+        # checkpoints saved from a torch.compile'd model carry this prefix on every key
+        state = {k.removeprefix('_orig_mod.'): v for k, v in checkpoint['model'].items()}
+        model.load_state_dict(state)
+    except (TypeError, ValueError, RuntimeError) as e:
+        fail(f"{path} does not hold a model this code can build ({str(e).splitlines()[0][:200]})")
+    return model
+
+
+def rng_state():
+    """Every random state that drives batches and dropout, to make a resume exact. Plain
+    lists and tensors only, so checkpoints load with torch.load(weights_only=True)."""
+    np_state = np.random.get_state()
+    return {
+        'python': random.getstate(),
+        'numpy': [np_state[0], np_state[1].tolist(), *np_state[2:]],
+        'torch': torch.get_rng_state(),
+        'cuda': torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state):
+    random.setstate(state['python'])
+    kind, key, *rest = state['numpy']
+    np.random.set_state((kind, np.array(key, dtype=np.uint32), *rest))
+    torch.set_rng_state(state['torch'].cpu())
+    if state['cuda'] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state['cuda']])
+
+
+def all_finite(model):
+    """True when every parameter is finite: a diverged model is never written over a good one."""
+    return all(torch.isfinite(p).all() for p in model.parameters())
+
+
+# -----------------------------------------------------------------------------
+# tokenizers
+
+def load_tokenizer(meta):
+    """encode/decode from a dataset's meta.pkl (character level), or GPT-2 BPE without one."""
+    if meta is not None:
+        stoi, itos = meta['stoi'], meta['itos']
+
+        def encode(text):
+            unknown = sorted(set(text) - stoi.keys())
+            if unknown:
+                fail(f"the prompt has characters this model's vocabulary lacks: {''.join(unknown)!r}")
+            return [stoi[c] for c in text]
+        return encode, lambda ids: ''.join(itos[i] for i in ids)
+    import tiktoken
+    try:
+        enc = tiktoken.get_encoding('gpt2')
+    except Exception as e:
+        fail(f"cannot load the GPT-2 BPE tokenizer ({type(e).__name__}); it downloads once, "
+             f"or set TIKTOKEN_CACHE_DIR to a folder that holds tiktoken's cached files")
+    return (lambda text: enc.encode(text, allowed_special={'<|endoftext|>'})), enc.decode
+
+
+def format_count(n):
+    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}K"
+
+
+def format_duration(seconds):
+    if not math.isfinite(seconds):
+        return '?'
+    seconds = int(seconds)
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s"

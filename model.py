@@ -1,0 +1,233 @@
+"""
+The whole GPT language model in one file: a decoder-only Transformer as in GPT-2.
+
+Module and parameter names follow the original nanoGPT exactly (transformer.wte, .wpe,
+.h.N.ln_1/attn/ln_2/mlp, .ln_f, lm_head), so state_dicts and checkpoints move between the
+two projects, and the layout mirrors OpenAI's GPT-2 so its weights load (from_pretrained).
+Nothing about training lives here: no devices, dtypes, optimizers' schedules or files.
+"""
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+
+@dataclass
+class GPTConfig:
+    block_size: int = 1024
+    vocab_size: int = 50304  # GPT-2's 50257 padded up to a multiple of 64 for faster matmuls
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0
+    bias: bool = True  # biases in Linears and LayerNorms, like GPT-2; False is a bit better and faster
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm whose bias can be switched off (nn.LayerNorm could not, in older torch)."""
+
+    def __init__(self, ndim, bias):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(ndim))
+        self.bias = nn.Parameter(torch.zeros(ndim)) if bias else None
+
+    def forward(self, x):
+        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, 1e-5)
+
+
+class KVCache:
+    """Keys and values of the tokens one attention layer has seen, for generating a token at a time."""
+
+    def __init__(self):
+        self.k = self.v = None
+        self.length = 0
+
+    def append(self, k, v):
+        """Store new keys/values (B, nh, T, hs); return all of them so far."""
+        new = k.size(2)
+        if self.k is None or self.length + new > self.k.size(2):
+            grow = max(self.length + new, 2 * (self.k.size(2) if self.k is not None else 64))
+            k_all, v_all = k.new_empty(*k.shape[:2], grow, k.size(3)), v.new_empty(*v.shape[:2], grow, v.size(3))
+            if self.length:
+                k_all[:, :, :self.length], v_all[:, :, :self.length] = self.k[:, :, :self.length], self.v[:, :, :self.length]
+            self.k, self.v = k_all, v_all
+        self.k[:, :, self.length:self.length + new], self.v[:, :, self.length:self.length + new] = k, v
+        self.length += new
+        return self.k[:, :, :self.length], self.v[:, :, :self.length]
+
+
+class CausalSelfAttention(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        if config.n_embd % config.n_head != 0:
+            raise ValueError(f"n_embd ({config.n_embd}) must be divisible by n_head ({config.n_head})")
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v for all heads at once
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.attn_dropout = nn.Dropout(config.dropout)
+        self.resid_dropout = nn.Dropout(config.dropout)
+        self.n_head = config.n_head
+        self.dropout = config.dropout
+        # fused attention (flash kernels on GPUs that have them); the explicit math is the fallback
+        self.flash = hasattr(F, 'scaled_dot_product_attention')
+
+    def forward(self, x, kv_cache=None):
+        B, T, C = x.size()
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+        if kv_cache is not None:
+            k, v = kv_cache.append(k, v)
+        # new queries sit at the end of the key sequence; one query may see every key, more need the mask
+        causal = T > 1
+        if causal and k.size(2) != T:
+            raise ValueError("a KV cache takes either a whole prompt at once or one token at a time")
+        if self.flash:
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0,
+                                               is_causal=causal)
+        else:
+            att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))
+            if causal:
+                future = torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1)
+                att = att.masked_fill(future, float('-inf'))
+            y = self.attn_dropout(F.softmax(att, dim=-1)) @ v
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.gelu = nn.GELU()
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+
+
+class Block(nn.Module):
+    """Pre-norm Transformer block: each sublayer reads a normalised copy and adds to the residual stream."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.ln_1 = LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x, kv_cache=None):
+        x = x + self.attn(self.ln_1(x), kv_cache)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        for name in ('vocab_size', 'block_size', 'n_layer', 'n_head', 'n_embd'):
+            if not isinstance(getattr(config, name), int) or getattr(config, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, not {getattr(config, name)!r}")
+        if not 0.0 <= config.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), not {config.dropout}")
+        self.config = config
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(config.vocab_size, config.n_embd),
+            wpe=nn.Embedding(config.block_size, config.n_embd),
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+            ln_f=LayerNorm(config.n_embd, bias=config.bias),
+        ))
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        # weight tying: the input embedding and the output projection share one matrix
+        self.transformer.wte.weight = self.lm_head.weight
+        self.apply(self._init_weights)
+        # GPT-2 scales the init of projections into the residual stream by 1/sqrt(number of them)
+        for name, p in self.named_parameters():
+            if name.endswith('c_proj.weight'):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    def _init_weights(self, module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def get_num_params(self, non_embedding=True):
+        """Parameter count; by default without the position embeddings (the token embeddings
+        count, since they double as the output layer)."""
+        n = sum(p.numel() for p in self.parameters())
+        return n - self.transformer.wpe.weight.numel() if non_embedding else n
+
+    def forward(self, idx, targets=None, kv_caches=None):
+        """Logits (and the loss, given targets). Without targets only the last position's logits
+        are computed, which is all generation needs. kv_caches (one per layer) continue a sequence."""
+        B, T = idx.size()
+        start = kv_caches[0].length if kv_caches else 0
+        if start + T > self.config.block_size:
+            raise ValueError(f"cannot forward {start + T} tokens, block_size is only {self.config.block_size}")
+        pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        for i, block in enumerate(self.transformer.h):
+            x = block(x, kv_caches[i] if kv_caches else None)
+        x = self.transformer.ln_f(x)
+        if targets is None:
+            return self.lm_head(x[:, [-1], :]), None  # [-1] as a list keeps the time dimension
+        logits = self.lm_head(x)
+        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+        return logits, loss
+
+    def crop_block_size(self, block_size):
+        """Shrink the context window, e.g. to finetune GPT-2 (1024) with shorter blocks."""
+        if block_size > self.config.block_size:
+            raise ValueError(f"block_size {block_size} is larger than the model's {self.config.block_size}")
+        self.config.block_size = block_size
+        self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size])
+
+    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
+        """AdamW with weight decay on matrices and embeddings (2-D) only, never on biases and
+        norms; the fused kernel wherever this torch has one for the device (CPU included)."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        groups = [
+            {'params': [p for p in params if p.dim() >= 2], 'weight_decay': weight_decay},
+            {'params': [p for p in params if p.dim() < 2], 'weight_decay': 0.0},
+        ]
+        try:
+            return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=True)
+        except (RuntimeError, ValueError, TypeError):  # no fused kernel for this device or torch
+            return torch.optim.AdamW(groups, lr=learning_rate, betas=betas)
+
+    def flops_per_token(self):
+        """Forward+backward FLOPs per token: 6 per parameter plus attention (PaLM paper, appendix B)."""
+        cfg = self.config
+        return 6 * self.get_num_params() + 12 * cfg.n_layer * cfg.n_embd * cfg.block_size
+
+    def estimate_mfu(self, fwdbwd_per_iter, dt, peak_flops=312e12):
+        """Model FLOPs utilisation: achieved FLOP/s over the device's peak (default: A100 bf16)."""
+        flops_per_iter = self.flops_per_token() * self.config.block_size * fwdbwd_per_iter
+        return flops_per_iter / dt / peak_flops
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, use_cache=True):
+        """Sample max_new_tokens tokens after idx (B, T), feeding each back in. The context is
+        cropped to the last block_size tokens. With use_cache each step feeds only the newest
+        token and reuses keys/values; once the window slides, positions shift and the cache is
+        rebuilt from the cropped context, so both paths give the same tokens. Call model.eval() first."""
+        block_size = self.config.block_size
+        caches = None
+        for _ in range(max_new_tokens):
+            if use_cache and caches is not None and idx.size(1) <= block_size:
+                logits, _ = self(idx[:, -1:], kv_caches=caches)
+            else:
+                caches = [KVCache() for _ in self.transformer.h] if use_cache else None
+                logits, _ = self(idx[:, -block_size:], kv_caches=caches)
+            logits = logits[:, -1, :] / temperature
+            if top_k is not None:
+                kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
+                logits = logits.masked_fill(logits < kth, float('-inf'))
+            next_token = torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)
+            idx = torch.cat((idx, next_token), dim=1)
+        return idx

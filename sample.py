@@ -1,0 +1,78 @@
+"""
+Sample text from a trained model.
+
+$ python sample.py --out_dir=out-shakespeare-char
+$ python sample.py --out_dir=out-shakespeare-char --start="ROMEO:" --num_samples=3 --max_new_tokens=200
+$ python sample.py --start=FILE:prompt.txt
+
+Decodes with the character vocabulary the model was trained on (kept in the checkpoint, or
+the dataset's meta.pkl), and with GPT-2's BPE tokenizer when there is none.
+"""
+import os
+import pickle
+
+import torch
+
+import common
+from configurator import configure
+
+# -----------------------------------------------------------------------------
+init_from = 'resume'  # 'resume' loads out_dir/ckpt.pt
+out_dir = 'out'  # where the checkpoint is
+start = "\n"  # the prompt: text, or FILE:path to read it from a file
+num_samples = 10  # how many samples to draw
+max_new_tokens = 500  # tokens generated per sample
+temperature = 0.8  # 1.0 samples the model's distribution; lower is more conservative, higher more random
+top_k = 200  # sample only among the top_k most likely tokens; None for all
+seed = 1337
+device = 'auto'  # 'auto' (cuda, then mps, then cpu), 'cpu', 'cuda', 'cuda:1', 'mps'
+dtype = 'auto'  # 'auto' (bfloat16 on CUDA where supported, else float16; float32 elsewhere), 'float32', 'bfloat16', 'float16'
+compile = 'auto'  # torch.compile the model; 'auto' is on for CUDA only
+# -----------------------------------------------------------------------------
+configure(globals(), nullable={'top_k'}, echo=None)  # stdout is for the samples alone
+
+if temperature <= 0:
+    common.fail(f"--temperature must be greater than 0, not {temperature}")
+if top_k is not None and top_k < 1:
+    common.fail(f"--top_k must be at least 1 (or None for no limit), not {top_k}")
+if num_samples < 1 or max_new_tokens < 0:
+    common.fail("--num_samples must be at least 1 and --max_new_tokens at least 0")
+if start.startswith('FILE:'):
+    try:
+        with open(start[5:], encoding='utf-8') as f:
+            start = f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        common.fail(f"cannot read the prompt file {start[5:]} ({e.strerror if isinstance(e, OSError) else e})")
+rt = common.setup_runtime(device, dtype, compile, seed=seed)
+
+if init_from != 'resume':
+    common.fail(f"unknown init_from {init_from!r}; use 'resume' (with --out_dir)")
+ckpt_path = os.path.join(out_dir, common.CKPT_NAME)
+checkpoint = common.load_checkpoint(ckpt_path, rt.device)
+model = common.model_from_checkpoint(checkpoint, ckpt_path, dropout=0.0)
+# the vocabulary: kept in our checkpoints; the original's name only the dataset whose meta.pkl has it
+meta = checkpoint.get('meta')
+meta_path = os.path.join('data', checkpoint.get('config', {}).get('dataset', ''), 'meta.pkl')
+if meta is None and checkpoint.get('config', {}).get('dataset') and os.path.exists(meta_path):
+    with open(meta_path, 'rb') as f:
+        meta = pickle.load(f)
+if meta is not None and meta['vocab_size'] != model.config.vocab_size:
+    common.fail(f"the checkpoint's vocabulary ({model.config.vocab_size} tokens) differs from its "
+                f"dataset's meta.pkl ({meta['vocab_size']}); was the dataset prepared again since?")
+checkpoint = None  # free the memory
+encode, decode = common.load_tokenizer(meta)
+
+model.eval()
+model.to(rt.device)
+if rt.compile:
+    model.forward = torch.compile(model.forward)  # generate() calls forward; compile that
+
+start_ids = encode(start)
+if not start_ids:
+    common.fail("the prompt is empty; give at least one token with --start")
+x = torch.tensor(start_ids, dtype=torch.long, device=rt.device)[None, ...]
+with torch.no_grad(), rt.autocast:
+    for _ in range(num_samples):
+        y = model.generate(x, max_new_tokens, temperature=temperature, top_k=top_k)
+        print(decode(y[0].tolist()))
+        print('---------------')

@@ -1,0 +1,287 @@
+"""
+Train a GPT. One plain loop, top to bottom; settings are the globals below.
+
+One process (picks a CUDA GPU, then Apple's MPS, then the CPU):
+$ python train.py config/train_shakespeare_char.py
+$ python train.py config/train_shakespeare_char_cpu.py     # laptop recipe: minutes on a CPU
+$ python train.py config/train_shakespeare_char.py --batch_size=32 --compile=False
+
+DDP with torchrun, on 4 GPUs of one machine (or 4 CPU processes with --device=cpu):
+$ torchrun --standalone --nproc_per_node=4 train.py config/train_gpt2.py
+Across 2 machines, run this on each with its own --node_rank (0 is the master):
+$ torchrun --nnodes=2 --node_rank=0 --nproc_per_node=8 --master_addr=10.0.0.1 --master_port=1234 train.py
+"""
+import json
+import math
+import os
+import time
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+import common
+from configurator import configure
+from model import GPT, GPTConfig
+
+# -----------------------------------------------------------------------------
+# default settings train GPT-2 (124M) on OpenWebText, as in the original
+# I/O
+out_dir = 'out'
+eval_interval = 2000  # evaluate (and maybe checkpoint) every this many iterations
+log_interval = 1  # print a log line every this many iterations
+eval_iters = 200  # batches per split in each evaluation
+eval_only = False  # evaluate once and exit
+always_save_checkpoint = True  # save after every eval, not only when val loss improves
+init_from = 'scratch'  # 'scratch' or 'resume' (from out_dir/ckpt.pt)
+# wandb logging
+wandb_log = False  # log to Weights & Biases (WANDB_MODE=offline works without network)
+wandb_project = 'owt'
+wandb_run_name = 'gpt2'
+# data
+dataset = 'openwebtext'  # reads data/<dataset>/train.bin, val.bin and meta.pkl if any
+gradient_accumulation_steps = 5 * 8  # micro-steps per optimizer step, summed over all DDP ranks
+batch_size = 12  # sequences per micro-step (per rank)
+block_size = 1024  # context length in tokens
+# model
+n_layer = 12
+n_head = 12
+n_embd = 768
+dropout = 0.0  # 0 for pretraining; try 0.1+ for finetuning
+bias = False  # biases inside LayerNorm and Linear layers
+# AdamW optimizer
+learning_rate = 6e-4  # peak learning rate
+max_iters = 600000  # optimizer steps in total
+weight_decay = 1e-1
+beta1 = 0.9
+beta2 = 0.95
+grad_clip = 1.0  # clip the gradient norm to this; 0.0 disables
+# learning rate schedule: linear warmup, then cosine decay to min_lr
+decay_lr = True  # False keeps learning_rate constant
+warmup_iters = 2000
+lr_decay_iters = 600000  # ~= max_iters per Chinchilla
+min_lr = 6e-5  # ~= learning_rate/10 per Chinchilla
+# system
+backend = 'auto'  # DDP backend: 'auto' is nccl on CUDA, gloo on CPU
+device = 'auto'  # 'auto' (cuda, then mps, then cpu), 'cpu', 'cuda', 'cuda:1', 'mps'
+dtype = 'auto'  # 'auto' (bfloat16 on CUDA where supported, else float16; float32 elsewhere), 'float32', 'bfloat16', 'float16'
+compile = 'auto'  # torch.compile the model; 'auto' is on for CUDA only
+seed = 1337  # drives the init, the batches and dropout
+# -----------------------------------------------------------------------------
+config, explicit = configure(globals())
+# -----------------------------------------------------------------------------
+
+for name in ('batch_size', 'block_size', 'gradient_accumulation_steps', 'eval_interval', 'eval_iters', 'log_interval'):
+    if config[name] < 1:
+        common.fail(f"--{name} must be at least 1, not {config[name]}")
+if max_iters < 0 or learning_rate < 0 or min_lr < 0 or warmup_iters < 0:
+    common.fail("max_iters, learning_rate, min_lr and warmup_iters cannot be negative")
+rt = common.setup_runtime(device, dtype, compile, backend, seed)
+if gradient_accumulation_steps % rt.world_size:
+    common.fail(f"gradient_accumulation_steps ({gradient_accumulation_steps}) must be divisible by the "
+                f"number of DDP processes ({rt.world_size}); change one of them")
+gradient_accumulation_steps //= rt.world_size  # each rank does its share of the micro-steps
+ckpt_path = os.path.join(out_dir, common.CKPT_NAME)
+if rt.master:
+    common.ensure_writable(out_dir)
+
+data_dir = os.path.join('data', dataset)
+meta = common.check_dataset(data_dir, dataset)
+bin_paths = common.dataset_paths(data_dir)
+
+# model: from scratch, or resumed from a checkpoint in out_dir
+iter_num, best_val_loss, checkpoint = 0, float('inf'), None
+model_args = dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size,
+                  bias=bias, vocab_size=meta['vocab_size'] if meta else 50304, dropout=dropout)
+if init_from == 'scratch':
+    try:
+        model = GPT(GPTConfig(**model_args))
+    except ValueError as e:
+        common.fail(str(e))
+elif init_from == 'resume':
+    checkpoint = common.load_checkpoint(ckpt_path, rt.device)
+    for k in common.MODEL_SHAPE_KEYS:
+        saved = checkpoint['model_args'][k]
+        if k in explicit and config[k] != saved:
+            common.fail(f"cannot resume with {k}={config[k]}: the checkpoint in {out_dir} has {k}={saved}; "
+                        f"drop --{k} or start a new run in another out_dir")
+        model_args[k] = config[k] = saved
+    model = common.model_from_checkpoint(checkpoint, ckpt_path, dropout=dropout)
+    iter_num, best_val_loss = checkpoint['iter_num'], float(checkpoint['best_val_loss'])
+    block_size = model_args['block_size']
+else:
+    common.fail(f"unknown init_from {init_from!r}; use 'scratch' or 'resume'")
+if block_size > model.config.block_size:
+    common.fail(f"block_size {block_size} is larger than the model's {model.config.block_size}")
+if block_size < model.config.block_size:  # e.g. finetuning GPT-2 on shorter blocks
+    model.crop_block_size(block_size)
+    model_args['block_size'] = block_size
+vocab_size = model.config.vocab_size
+if meta and meta['vocab_size'] != vocab_size:
+    common.fail(f"the model's vocabulary ({vocab_size} tokens) differs from {data_dir}/meta.pkl "
+                f"({meta['vocab_size']}); train on the dataset the checkpoint was made for")
+common.check_bins(bin_paths, block_size, vocab_size)
+tokens_per_iter = gradient_accumulation_steps * rt.world_size * batch_size * block_size
+model.to(rt.device)
+
+scaler = torch.amp.GradScaler(rt.device_type, enabled=rt.dtype == 'float16')  # no-op unless float16
+optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), rt.device_type)
+if checkpoint is not None:
+    optimizer.load_state_dict(checkpoint['optimizer'])
+    if 'scaler' in checkpoint:
+        scaler.load_state_dict(checkpoint['scaler'])
+raw_model = model
+if rt.compile:
+    print("compiling the model (takes a minute or so)...") if rt.master else None
+    model = torch.compile(model)
+if rt.ddp:
+    model = DDP(model, device_ids=[rt.local_rank] if rt.device_type == 'cuda' else None)
+if checkpoint is not None and rt.rank < len(checkpoint.get('rng', [])):
+    common.set_rng_state(checkpoint['rng'][rt.rank])  # after init, which draws from the same RNGs
+
+
+# data: random blocks of block_size + 1 tokens from the memory-mapped .bin files
+batch_generator = torch.Generator()
+
+
+def get_batch(split, sample_seed):
+    # Each batch is a pure function of its seed (rank, iteration, micro-step): a resumed run sees
+    # the same batches as an uninterrupted one without carrying loader state around. The memmap is
+    # reopened each time so that pages already read do not pile up in resident memory.
+    data = np.memmap(bin_paths[split], dtype=np.uint16, mode='r')
+    batch_generator.manual_seed(hash((seed, rt.rank) + sample_seed) % 2**63)
+    starts = torch.randint(len(data) - block_size, (batch_size,), generator=batch_generator).numpy()
+    tokens = torch.from_numpy(data[starts[:, None] + np.arange(block_size + 1)].astype(np.int64))
+    if tokens.max() >= vocab_size:
+        common.fail(f"{bin_paths[split]} has token ids >= vocab_size ({vocab_size}); prepare the dataset again")
+    if rt.device_type == 'cuda':  # pinned memory lets the copy overlap with compute
+        tokens = tokens.pin_memory().to(rt.device, non_blocking=True)
+    else:
+        tokens = tokens.to(rt.device)
+    return tokens[:, :-1], tokens[:, 1:]
+
+
+@torch.no_grad()
+def estimate_loss():
+    """Mean loss over eval_iters batches per split (the same batches at every eval), averaged over ranks."""
+    out = {}
+    model.eval()
+    for split_index, split in enumerate(('train', 'val')):
+        losses = torch.zeros(eval_iters)
+        for k in range(eval_iters):
+            X, Y = get_batch(split, (-1 - split_index, k))
+            with rt.autocast:
+                _, loss = model(X, Y)
+            losses[k] = loss.item()
+        out[split] = common.all_ranks_mean(losses.mean().item(), rt)
+    model.train()
+    return out
+
+
+def get_lr(it):
+    """Linear warmup to learning_rate, cosine decay to min_lr at lr_decay_iters, then min_lr."""
+    if not decay_lr:
+        return learning_rate
+    if it < warmup_iters:
+        return learning_rate * (it + 1) / (warmup_iters + 1)
+    if it >= lr_decay_iters:
+        return min_lr
+    progress = (it - warmup_iters) / (lr_decay_iters - warmup_iters)
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (learning_rate - min_lr)
+
+
+def save(path):
+    checkpoint = {
+        'model': raw_model.state_dict(), 'optimizer': optimizer.state_dict(), 'model_args': model_args,
+        'iter_num': iter_num, 'best_val_loss': best_val_loss, 'config': config,
+        'scaler': scaler.state_dict(), 'rng': common.gather_from_ranks(common.rng_state(), rt), 'meta': meta,
+    }
+    if rt.master:
+        common.save_checkpoint(checkpoint, path)
+
+
+metrics = common.MetricsLog(out_dir, resume_iter=iter_num if init_from == 'resume' else None) if rt.master else None
+if wandb_log and rt.master:
+    import wandb
+    wandb.init(project=wandb_project, name=wandb_run_name, config=config)
+
+if rt.master:
+    print(f"device {rt.device}, dtype {rt.dtype}, compile {rt.compile}, {rt.world_size} process(es), "
+          f"{common.format_count(raw_model.get_num_params())} parameters, {tokens_per_iter:,} tokens per iteration")
+    if init_from == 'resume':
+        print(f"resuming from {ckpt_path} at iteration {iter_num} (best val loss {best_val_loss:.4f})")
+
+# -----------------------------------------------------------------------------
+# the training loop
+X, Y = get_batch('train', (iter_num, 0))
+start_iter, run_start = iter_num, time.time()
+ms_per_iter = None  # smoothed, for the ETA
+t0 = time.time()
+while True:
+    lr = get_lr(iter_num)
+    for group in optimizer.param_groups:
+        group['lr'] = lr
+
+    # evaluate, and checkpoint when val loss improves (or always, if asked); not again right after a resume
+    if eval_only or iter_num == max_iters or (iter_num % eval_interval == 0 and iter_num != start_iter) \
+            or (iter_num == 0 and start_iter == 0):
+        losses = estimate_loss()
+        improved = losses['val'] < best_val_loss
+        best_val_loss = min(best_val_loss, losses['val'])
+        saved = iter_num > 0 and not eval_only and (improved or always_save_checkpoint)
+        if saved:
+            save(ckpt_path)
+        if rt.master:
+            print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
+                  + (f", saved {ckpt_path}" if saved else ''))
+            metrics.write(event='eval', iter=iter_num, train_loss=losses['train'], val_loss=losses['val'],
+                          lr=lr, saved=saved)
+            if wandb_log:
+                wandb.log({'iter': iter_num, 'train/loss': losses['train'], 'val/loss': losses['val'], 'lr': lr})
+        t0 = time.time()  # evaluation time is not training time
+    if eval_only or iter_num >= max_iters:
+        break
+
+    # one optimizer step over gradient_accumulation_steps micro-batches
+    for micro_step in range(gradient_accumulation_steps):
+        last_micro_step = micro_step == gradient_accumulation_steps - 1
+        # DDP averages gradients across ranks only on the last micro-step
+        with model.no_sync() if rt.ddp and not last_micro_step else nullcontext():
+            with rt.autocast:
+                _, loss = model(X, Y)
+                loss = loss / gradient_accumulation_steps  # the gradients sum over micro-steps
+            # fetch the next batch while the GPU is still busy with this one
+            X, Y = get_batch('train', (iter_num + 1, 0) if last_micro_step else (iter_num, micro_step + 1))
+            scaler.scale(loss).backward()
+    if grad_clip != 0.0:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    iter_num += 1
+
+    t1 = time.time()
+    dt, t0 = t1 - t0, t1
+    if iter_num % log_interval == 0 and rt.master:
+        lossf = loss.item() * gradient_accumulation_steps  # the last micro-batch's loss; a sync point on GPUs
+        if iter_num - start_iter > 1:  # the first iteration includes warm-up costs
+            ms_per_iter = dt * 1000 if ms_per_iter is None else 0.9 * ms_per_iter + 0.1 * dt * 1000
+        eta = (max_iters - iter_num) * (ms_per_iter or dt * 1000) / 1000
+        print(f"iter {iter_num}/{max_iters}: loss {lossf:.4f}, lr {lr:.3e}, {dt * 1000:.1f} ms/iter, "
+              f"{tokens_per_iter / dt:,.0f} tok/s, eta {common.format_duration(eta)}")
+        metrics.write(event='train', iter=iter_num, loss=lossf, lr=lr, ms_per_iter=dt * 1000,
+                      tokens_per_s=tokens_per_iter / dt)
+
+if rt.master:
+    elapsed = time.time() - run_start
+    print(f"done: {iter_num} iterations, best val loss {best_val_loss:.4f}, {common.format_duration(elapsed)}, "
+          f"{(iter_num - start_iter) * tokens_per_iter:,} tokens this run")
+    if os.path.exists(ckpt_path) and not eval_only:
+        print(f"checkpoint: {ckpt_path}; sample from it with: python sample.py --out_dir={out_dir}")
+    metrics.close()
+    if wandb_log:
+        wandb.finish()
+if rt.ddp:
+    torch.distributed.destroy_process_group()

@@ -3,13 +3,16 @@ Plumbing shared by the scripts, kept out of the math and out of the training loo
 one-line errors for bad input, device/dtype/DDP setup, datasets on disk, checkpoint I/O
 and tokenizers.
 """
+import hashlib
 import json
 import math
 import os
 import pickle
 import random
+import signal
 import sys
 import time
+import warnings
 from contextlib import nullcontext
 from types import SimpleNamespace
 
@@ -17,12 +20,18 @@ import numpy as np
 import torch
 
 CKPT_NAME = 'ckpt.pt'  # the checkpoint train.py writes and sample.py reads, as in the original
+LAST_NAME = 'last.pt'  # the latest state, written when a run is stopped early, for resuming
 MODEL_SHAPE_KEYS = ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias', 'vocab_size')
 
 
-def fail(message):
-    """Bad input, not a bug: say what to do in one line on stderr and exit with status 2."""
-    print(f"{os.path.basename(sys.argv[0])}: error: {message}", file=sys.stderr, flush=True)
+def fail(message, every_rank=False):
+    """Bad input, not a bug: say what to do in one line on stderr and exit with status 2.
+    Under DDP every rank finds the same mistake, so only rank 0 says it, unless the
+    mistake is one rank's own (every_rank)."""
+    rank = int(os.environ.get('RANK', 0))
+    if rank == 0 or every_rank:
+        prefix = f"[rank {rank}] " if rank else ''
+        print(f"{prefix}{os.path.basename(sys.argv[0])}: error: {message}", file=sys.stderr, flush=True)
     sys.exit(2)
 
 
@@ -129,6 +138,38 @@ def gather_from_ranks(obj, runtime):
     gathered = [None] * runtime.world_size
     torch.distributed.all_gather_object(gathered, obj)
     return gathered
+
+
+class GracefulStop:
+    """Ctrl-C or SIGTERM asks the training loop to stop after the current step and save; a
+    second Ctrl-C aborts at once. (torchrun answers Ctrl-C with a SIGTERM to its workers;
+    that one is not taken as the second.)"""
+
+    def __init__(self):
+        self.requested = None
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        name = signal.Signals(signum).name
+        if self.requested == 'SIGINT' and name == 'SIGINT':
+            print("\nsecond Ctrl-C: stopping now, without saving", file=sys.stderr, flush=True)
+            os._exit(130)
+        if self.requested is None:
+            self.requested = name
+            print(f"\n{name}: stopping after this step to save a checkpoint (Ctrl-C again aborts at once)",
+                  file=sys.stderr, flush=True)
+
+    def agreed(self, runtime):
+        """True when any rank was asked to stop, so that all stop at the same step."""
+        if not runtime.ddp:
+            return self.requested is not None
+        flag = torch.tensor([float(self.requested is not None)], device=runtime.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return flag.item() > 0
+
+    def exit_code(self):
+        return 128 + signal.Signals[self.requested or 'SIGTERM'].value
 
 
 # -----------------------------------------------------------------------------
@@ -244,8 +285,13 @@ def load_checkpoint(path, device='cpu'):
         fail(f"no checkpoint at {path}; train one first (python train.py ...) "
              f"or point --out_dir at the folder that holds {CKPT_NAME}")
     try:
-        checkpoint = torch.load(path, map_location=device, weights_only=True)
-    except Exception as e:  # truncated zip, not a torch file, unsafe pickle: all unreadable here
+        with warnings.catch_warnings():  # the failure below says it better than torch's warnings
+            warnings.simplefilter('ignore')
+            checkpoint = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError:  # weights_only refuses code objects: safer than running them
+        fail(f"{path} is not a readable checkpoint (it holds Python objects, not just tensors and plain "
+             f"values); load only checkpoints written by this repo or the original nanoGPT")
+    except Exception as e:  # truncated zip, not a torch file at all
         reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
         fail(f"{path} is not a readable checkpoint ({reason}); it may be truncated or "
              f"written by another program: train again or restore a good copy")
@@ -287,6 +333,29 @@ def set_rng_state(state):
     torch.set_rng_state(state['torch'].cpu())
     if state['cuda'] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in state['cuda']])
+
+
+def latest_checkpoint(out_dir):
+    """The checkpoint to resume from: ckpt.pt, or last.pt (written when a run is stopped) if
+    that one is further along."""
+    best, last = os.path.join(out_dir, CKPT_NAME), os.path.join(out_dir, LAST_NAME)
+    if not os.path.exists(last):
+        return best
+    if not os.path.exists(best):
+        return last
+    try:
+        iters = [torch.load(p, map_location='cpu', mmap=True, weights_only=True)['iter_num'] for p in (best, last)]
+    except Exception:
+        return best  # unreadable: loading it properly gives the clear error
+    return last if iters[1] > iters[0] else best
+
+
+def weights_digest(model):
+    """A hash of every parameter's bytes, to check that DDP ranks hold the same model."""
+    digest = hashlib.sha256()
+    for p in model.parameters():
+        digest.update(p.detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def all_finite(model):

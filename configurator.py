@@ -168,13 +168,16 @@ def configure(namespace, argv=None, nullable=(), echo=sys.stdout):
             arg = _find_config(arg, namespace)
             updates = _run_config(arg, namespace, settings, nullable)
             source = arg
-        if updates:
-            report.append(f"{source}: " + ', '.join(f"{k}={v!r}" for k, v in updates.items()))
+        if report and report[-1][0] == source == 'command line':
+            report[-1][1].update(updates)
+        elif updates:
+            report.append((source, dict(updates)))
         namespace.update(updates)
         explicit += updates
     if wants_help:  # after the other arguments, so that it shows the values they set
         _print_help(namespace, settings)
         sys.exit(0)
     if report and echo and int(os.environ.get('RANK', 0)) == 0:  # under DDP, rank 0 speaks for all
-        print('\n'.join(report), file=echo, flush=True)
+        for source, updates in report:
+            print(f"{source}: " + ', '.join(f"{k}={v!r}" for k, v in updates.items()), file=echo, flush=True)
     return {k: namespace[k] for k in settings}, set(explicit)

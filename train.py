@@ -11,9 +11,10 @@ $ torchrun --standalone --nproc_per_node=4 train.py config/train_gpt2.py
 Across 2 machines, run this on each with its own --node_rank (0 is the master):
 $ torchrun --nnodes=2 --node_rank=0 --nproc_per_node=8 --master_addr=10.0.0.1 --master_port=1234 train.py
 """
-import json
+import gc
 import math
 import os
+import sys
 import time
 from contextlib import nullcontext
 
@@ -100,16 +101,21 @@ if init_from == 'scratch':
     except ValueError as e:
         common.fail(str(e))
 elif init_from == 'resume':
-    checkpoint = common.load_checkpoint(ckpt_path, rt.device)
+    resume_path = common.latest_checkpoint(out_dir)  # last.pt if a stopped run got further than ckpt.pt
+    checkpoint = common.load_checkpoint(resume_path, rt.device)
     for k in common.MODEL_SHAPE_KEYS:
         saved = checkpoint['model_args'][k]
         if k in explicit and config[k] != saved:
             common.fail(f"cannot resume with {k}={config[k]}: the checkpoint in {out_dir} has {k}={saved}; "
                         f"drop --{k} or start a new run in another out_dir")
         model_args[k] = config[k] = saved
-    model = common.model_from_checkpoint(checkpoint, ckpt_path, dropout=dropout)
+    model = common.model_from_checkpoint(checkpoint, resume_path, dropout=dropout)
     iter_num, best_val_loss = checkpoint['iter_num'], float(checkpoint['best_val_loss'])
     block_size = model_args['block_size']
+    changed = [f"{k} {v!r} -> {config[k]!r}" for k, v in checkpoint.get('config', {}).items()
+               if k in config and k != 'init_from' and v != config[k]]
+    if changed and rt.master:
+        print(f"settings changed since the checkpoint: {', '.join(changed)}")
 else:
     common.fail(f"unknown init_from {init_from!r}; use 'scratch' or 'resume'")
 if block_size > model.config.block_size:
@@ -192,6 +198,10 @@ def get_lr(it):
 
 
 def save(path):
+    """Write a checkpoint (rank 0; every rank must call this, for the RNG states)."""
+    if not common.all_finite(raw_model):
+        print(f"not saving {path}: the model has non-finite weights") if rt.master else None
+        return False
     checkpoint = {
         'model': raw_model.state_dict(), 'optimizer': optimizer.state_dict(), 'model_args': model_args,
         'iter_num': iter_num, 'best_val_loss': best_val_loss, 'config': config,
@@ -199,6 +209,7 @@ def save(path):
     }
     if rt.master:
         common.save_checkpoint(checkpoint, path)
+    return True
 
 
 metrics = common.MetricsLog(out_dir, resume_iter=iter_num if init_from == 'resume' else None) if rt.master else None
@@ -207,13 +218,15 @@ if wandb_log and rt.master:
     wandb.init(project=wandb_project, name=wandb_run_name, config=config)
 
 if rt.master:
-    print(f"device {rt.device}, dtype {rt.dtype}, compile {rt.compile}, {rt.world_size} process(es), "
+    processes = f"{rt.world_size} processes (DDP, {rt.backend})" if rt.ddp else "1 process"
+    print(f"device {rt.device}, dtype {rt.dtype}, compile {rt.compile}, {processes}, "
           f"{common.format_count(raw_model.get_num_params())} parameters, {tokens_per_iter:,} tokens per iteration")
     if init_from == 'resume':
-        print(f"resuming from {ckpt_path} at iteration {iter_num} (best val loss {best_val_loss:.4f})")
+        print(f"resuming from {resume_path} at iteration {iter_num} (best val loss {best_val_loss:.4f})")
 
 # -----------------------------------------------------------------------------
 # the training loop
+stop, stopped = common.GracefulStop(), False  # Ctrl-C / SIGTERM: finish the step, save, exit
 X, Y = get_batch('train', (iter_num, 0))
 start_iter, run_start = iter_num, time.time()
 ms_per_iter = None  # smoothed, for the ETA
@@ -229,9 +242,7 @@ while True:
         losses = estimate_loss()
         improved = losses['val'] < best_val_loss
         best_val_loss = min(best_val_loss, losses['val'])
-        saved = iter_num > 0 and not eval_only and (improved or always_save_checkpoint)
-        if saved:
-            save(ckpt_path)
+        saved = iter_num > 0 and not eval_only and (improved or always_save_checkpoint) and save(ckpt_path)
         if rt.master:
             print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
                   + (f", saved {ckpt_path}" if saved else ''))
@@ -249,8 +260,8 @@ while True:
         # DDP averages gradients across ranks only on the last micro-step
         with model.no_sync() if rt.ddp and not last_micro_step else nullcontext():
             with rt.autocast:
-                _, loss = model(X, Y)
-                loss = loss / gradient_accumulation_steps  # the gradients sum over micro-steps
+                # keep only the loss: the logits could be freed before the backward pass
+                loss = model(X, Y)[1] / gradient_accumulation_steps  # gradients sum over micro-steps
             # fetch the next batch while the GPU is still busy with this one
             X, Y = get_batch('train', (iter_num + 1, 0) if last_micro_step else (iter_num, micro_step + 1))
             scaler.scale(loss).backward()
@@ -264,8 +275,21 @@ while True:
 
     t1 = time.time()
     dt, t0 = t1 - t0, t1
+    lossf = loss.item() * gradient_accumulation_steps  # the last micro-batch's loss; a sync point on GPUs
+    if not math.isfinite(lossf):
+        good = f"{ckpt_path} (iteration {torch.load(ckpt_path, mmap=True, weights_only=True)['iter_num']})" \
+            if os.path.exists(ckpt_path) else "none was written"
+        print(f"train.py: loss is {lossf} at iteration {iter_num}; stopping without saving. Last good checkpoint: "
+              f"{good}. Lower --learning_rate or check the data, then resume from it", file=sys.stderr)
+        sys.exit(1)
+    stopped = stop.agreed(rt)
+    if stopped:
+        stop_path = ckpt_path if always_save_checkpoint else os.path.join(out_dir, common.LAST_NAME)
+        if save(stop_path) and rt.master:
+            print(f"stopped at iteration {iter_num}; saved {stop_path}. Resume with: "
+                  f"python {' '.join(sys.argv)} --init_from=resume", flush=True)
+        break
     if iter_num % log_interval == 0 and rt.master:
-        lossf = loss.item() * gradient_accumulation_steps  # the last micro-batch's loss; a sync point on GPUs
         if iter_num - start_iter > 1:  # the first iteration includes warm-up costs
             ms_per_iter = dt * 1000 if ms_per_iter is None else 0.9 * ms_per_iter + 0.1 * dt * 1000
         eta = (max_iters - iter_num) * (ms_per_iter or dt * 1000) / 1000
@@ -274,14 +298,30 @@ while True:
         metrics.write(event='train', iter=iter_num, loss=lossf, lr=lr, ms_per_iter=dt * 1000,
                       tokens_per_s=tokens_per_iter / dt)
 
+if not stopped:
+    last_path = os.path.join(out_dir, common.LAST_NAME)
+    if rt.master and not eval_only and os.path.exists(last_path):
+        os.remove(last_path)  # the state of a stop this run has now gone past
+    if rt.ddp:
+        digests = common.gather_from_ranks(common.weights_digest(raw_model), rt)
+        if rt.master:
+            print(f"weights identical on all {rt.world_size} ranks" if len(set(digests)) == 1 else
+                  f"WARNING: the ranks' weights differ: {digests}")
+    if rt.master:
+        print(f"done: {iter_num} iterations, best val loss {best_val_loss:.4f}, "
+              f"{common.format_duration(time.time() - run_start)}, {(iter_num - start_iter) * tokens_per_iter:,} "
+              f"tokens this run")
+        if os.path.exists(ckpt_path) and not eval_only:
+            print(f"checkpoint: {ckpt_path}; sample from it with: python sample.py --out_dir={out_dir}")
 if rt.master:
-    elapsed = time.time() - run_start
-    print(f"done: {iter_num} iterations, best val loss {best_val_loss:.4f}, {common.format_duration(elapsed)}, "
-          f"{(iter_num - start_iter) * tokens_per_iter:,} tokens this run")
-    if os.path.exists(ckpt_path) and not eval_only:
-        print(f"checkpoint: {ckpt_path}; sample from it with: python sample.py --out_dir={out_dir}")
     metrics.close()
     if wandb_log:
         wandb.finish()
 if rt.ddp:
+    # free DDP (it sits in reference cycles, and the last loss's graph runs through its hooks) and
+    # tear the group down together while the interpreter is whole: left to the exit, it can abort
+    model = loss = None
+    gc.collect()
+    torch.distributed.barrier()
     torch.distributed.destroy_process_group()
+sys.exit(stop.exit_code() if stopped else 0)

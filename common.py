@@ -266,6 +266,45 @@ class MetricsLog:
         self.file.close()
 
 
+def read_text(input_file, default_file, url):
+    """The text of input_file; without one, of default_file, first downloaded from url if missing."""
+    if not input_file and not os.path.exists(default_file):
+        import requests
+        print(f"downloading {url}")
+        try:
+            response = requests.get(url, timeout=30)
+            response.raise_for_status()
+        except requests.RequestException as e:
+            fail(f"could not download {url} ({type(e).__name__}); download it yourself and save it "
+                 f"as {os.path.relpath(default_file)}{_shared_copy_hint(url)}")
+        with open(default_file, 'w', encoding='utf-8') as f:
+            f.write(response.text)
+    path = input_file or default_file
+    try:
+        with open(path, encoding='utf-8') as f:
+            return f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        fail(f"cannot read {path} as UTF-8 text ({e.strerror if isinstance(e, OSError) else e})")
+
+
+def _shared_copy_hint(url):
+    # machines without internet keep a copy of tiny Shakespeare in ../shared/data beside the repo
+    shared = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'shared', 'data',
+                          'tinyshakespeare', 'input.txt')
+    return f" (a copy is at {os.path.relpath(shared)})" if 'tinyshakespeare' in url and os.path.exists(shared) else ''
+
+
+def write_bins(out_dir, train_ids, val_ids):
+    """train.bin and val.bin: token ids as raw uint16, the original's format."""
+    os.makedirs(out_dir, exist_ok=True)
+    for name, ids in (('train', train_ids), ('val', val_ids)):
+        ids = np.asarray(ids)
+        if ids.size and ids.max() >= 2 ** 16:
+            fail(f"token id {ids.max()} does not fit in uint16 (the .bin format); use a smaller vocabulary")
+        ids.astype(np.uint16).tofile(os.path.join(out_dir, f'{name}.bin'))
+    print(f"train has {len(train_ids):,} tokens, val has {len(val_ids):,} tokens")
+
+
 # -----------------------------------------------------------------------------
 # checkpoints
 
@@ -312,6 +351,25 @@ def model_from_checkpoint(checkpoint, path, **overrides):
     except (TypeError, ValueError, RuntimeError) as e:
         fail(f"{path} does not hold a model this code can build ({str(e).splitlines()[0][:200]})")
     return model
+
+
+def is_pretrained(init_from):
+    from model import PRETRAINED
+    return init_from in PRETRAINED or os.path.isdir(init_from)
+
+
+def pretrained_model(name_or_dir, dropout=0.0):
+    """GPT.from_pretrained with a clear error for each way it can go wrong."""
+    from model import GPT
+    try:
+        return GPT.from_pretrained(name_or_dir, dict(dropout=dropout))
+    except ImportError:
+        fail("loading GPT-2 weights needs transformers: pip install transformers")
+    except ValueError as e:
+        fail(str(e))
+    except OSError as e:  # not downloadable (offline), or a folder without a model in it
+        fail(f"could not load {name_or_dir} ({str(e).splitlines()[0][:160]}); OpenAI's weights download "
+             f"from the Hugging Face hub once, or give a folder saved with save_pretrained")
 
 
 def rng_state():
@@ -377,13 +435,18 @@ def load_tokenizer(meta):
                 fail(f"the prompt has characters this model's vocabulary lacks: {''.join(unknown)!r}")
             return [stoi[c] for c in text]
         return encode, lambda ids: ''.join(itos[i] for i in ids)
+    enc = gpt2_encoding()
+    return (lambda text: enc.encode(text, allowed_special={'<|endoftext|>'})), enc.decode
+
+
+def gpt2_encoding():
+    """tiktoken's GPT-2 BPE, or a clear error when it can be neither downloaded nor found cached."""
     import tiktoken
     try:
-        enc = tiktoken.get_encoding('gpt2')
+        return tiktoken.get_encoding('gpt2')
     except Exception as e:
-        fail(f"cannot load the GPT-2 BPE tokenizer ({type(e).__name__}); it downloads once, "
-             f"or set TIKTOKEN_CACHE_DIR to a folder that holds tiktoken's cached files")
-    return (lambda text: enc.encode(text, allowed_special={'<|endoftext|>'})), enc.decode
+        fail(f"cannot load the GPT-2 BPE tokenizer ({type(e).__name__}); tiktoken downloads it once, or "
+             f"set TIKTOKEN_CACHE_DIR to a folder that holds tiktoken's cached copies of its files")
 
 
 def format_count(n):

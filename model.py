@@ -7,6 +7,7 @@ two projects, and the layout mirrors OpenAI's GPT-2 so its weights load (from_pr
 Nothing about training lives here: no devices, dtypes, optimizers' schedules or files.
 """
 import math
+import os
 from dataclasses import dataclass
 
 import torch
@@ -23,6 +24,13 @@ class GPTConfig:
     n_embd: int = 768
     dropout: float = 0.0
     bias: bool = True  # biases in Linears and LayerNorms, like GPT-2; False is a bit better and faster
+    gelu_approximate: str = 'none'  # 'tanh' for OpenAI's GPT-2 weights, which were trained with it
+
+
+# GPT-2 checkpoints (OpenAI's, and Hugging Face's GPT2LMHeadModel) keep these as Conv1D weights,
+# the transpose of nn.Linear's
+HF_TRANSPOSED = ('attn.c_attn.weight', 'attn.c_proj.weight', 'mlp.c_fc.weight', 'mlp.c_proj.weight')
+PRETRAINED = ('gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl')  # 124M, 350M, 774M, 1558M parameters
 
 
 class LayerNorm(nn.Module):
@@ -101,7 +109,7 @@ class MLP(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.gelu = nn.GELU()
+        self.gelu = nn.GELU(approximate=config.gelu_approximate)
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
@@ -186,6 +194,36 @@ class GPT(nn.Module):
             raise ValueError(f"block_size {block_size} is larger than the model's {self.config.block_size}")
         self.config.block_size = block_size
         self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size])
+
+    @classmethod
+    def from_pretrained(cls, name_or_dir, override_args=None):
+        """OpenAI's GPT-2 ('gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl') through transformers, or a
+        local folder holding a GPT2LMHeadModel (save_pretrained format). Only dropout may be overridden;
+        the logits match the Hugging Face model's."""
+        override_args = override_args or {}
+        if set(override_args) - {'dropout'}:
+            raise ValueError(f"only dropout can be overridden for a pretrained model, not {sorted(override_args)}")
+        if name_or_dir not in PRETRAINED and not os.path.isdir(name_or_dir):
+            raise ValueError(f"{name_or_dir!r} is neither one of {', '.join(PRETRAINED)} nor a folder")
+        from transformers import GPT2LMHeadModel
+        hf_model = GPT2LMHeadModel.from_pretrained(name_or_dir)
+        c = hf_model.config
+        activations = {'gelu_new': 'tanh', 'gelu_pytorch_tanh': 'tanh', 'gelu': 'none'}
+        if c.activation_function not in activations or c.n_inner not in (None, 4 * c.n_embd) \
+                or c.layer_norm_epsilon != 1e-5 or c.scale_attn_by_inverse_layer_idx or not c.scale_attn_weights:
+            raise ValueError(f"{name_or_dir} is a GPT-2 variant this model cannot express exactly "
+                             f"(activation {c.activation_function}, n_inner {c.n_inner}, eps {c.layer_norm_epsilon})")
+        model = cls(GPTConfig(block_size=c.n_positions, vocab_size=c.vocab_size, n_layer=c.n_layer,
+                              n_head=c.n_head, n_embd=c.n_embd, bias=True, gelu_approximate=activations[c.activation_function],
+                              dropout=override_args.get('dropout', 0.0)))
+        ours = model.state_dict()
+        theirs = {k: v for k, v in hf_model.state_dict().items() if not k.endswith(('.attn.bias', '.attn.masked_bias'))}
+        if set(theirs) != set(ours):
+            raise ValueError(f"{name_or_dir} does not have GPT-2's parameters: {sorted(set(theirs) ^ set(ours))[:4]}")
+        with torch.no_grad():
+            for k, v in theirs.items():
+                ours[k].copy_(v.t() if k.endswith(HF_TRANSPOSED) else v)
+        return model
 
     def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
         """AdamW with weight decay on matrices and embeddings (2-D) only, never on biases and

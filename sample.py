@@ -17,8 +17,8 @@ import common
 from configurator import configure
 
 # -----------------------------------------------------------------------------
-init_from = 'resume'  # 'resume' loads out_dir/ckpt.pt
-out_dir = 'out'  # where the checkpoint is
+init_from = 'resume'  # 'resume' loads out_dir/ckpt.pt; or 'gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl', or a Hugging Face folder
+out_dir = 'out'  # where the checkpoint is (for init_from='resume')
 start = "\n"  # the prompt: text, or FILE:path to read it from a file
 num_samples = 10  # how many samples to draw
 max_new_tokens = 500  # tokens generated per sample
@@ -45,21 +45,29 @@ if start.startswith('FILE:'):
         common.fail(f"cannot read the prompt file {start[5:]} ({e.strerror if isinstance(e, OSError) else e})")
 rt = common.setup_runtime(device, dtype, compile, seed=seed)
 
-if init_from != 'resume':
-    common.fail(f"unknown init_from {init_from!r}; use 'resume' (with --out_dir)")
-ckpt_path = os.path.join(out_dir, common.CKPT_NAME)
-checkpoint = common.load_checkpoint(ckpt_path, rt.device)
-model = common.model_from_checkpoint(checkpoint, ckpt_path, dropout=0.0)
-# the vocabulary: kept in our checkpoints; the original's name only the dataset whose meta.pkl has it
-meta = checkpoint.get('meta')
-meta_path = os.path.join('data', checkpoint.get('config', {}).get('dataset', ''), 'meta.pkl')
-if meta is None and checkpoint.get('config', {}).get('dataset') and os.path.exists(meta_path):
-    with open(meta_path, 'rb') as f:
-        meta = pickle.load(f)
-if meta is not None and meta['vocab_size'] != model.config.vocab_size:
-    common.fail(f"the checkpoint's vocabulary ({model.config.vocab_size} tokens) differs from its "
-                f"dataset's meta.pkl ({meta['vocab_size']}); was the dataset prepared again since?")
-checkpoint = None  # free the memory
+meta = None  # a character vocabulary; GPT-2 BPE without one
+if init_from == 'resume':
+    ckpt_path = os.path.join(out_dir, common.CKPT_NAME)
+    checkpoint = common.load_checkpoint(ckpt_path, rt.device)
+    model = common.model_from_checkpoint(checkpoint, ckpt_path, dropout=0.0)
+    # our checkpoints keep the vocabulary; the original's name the dataset whose meta.pkl has it
+    meta = checkpoint.get('meta')
+    meta_path = os.path.join('data', checkpoint.get('config', {}).get('dataset', ''), 'meta.pkl')
+    if meta is None and checkpoint.get('config', {}).get('dataset') and os.path.exists(meta_path):
+        with open(meta_path, 'rb') as f:
+            meta = pickle.load(f)
+    if meta is not None and meta['vocab_size'] != model.config.vocab_size:
+        common.fail(f"the checkpoint's vocabulary ({model.config.vocab_size} tokens) differs from its "
+                    f"dataset's meta.pkl ({meta['vocab_size']}); was the dataset prepared again since?")
+    checkpoint = None  # free the memory
+elif common.is_pretrained(init_from):
+    model = common.pretrained_model(init_from)
+    meta_path = os.path.join(init_from, 'meta.pkl')  # export_hf.py keeps a character vocabulary here
+    if os.path.exists(meta_path):
+        with open(meta_path, 'rb') as f:
+            meta = pickle.load(f)
+else:
+    common.fail(f"unknown init_from {init_from!r}; use 'resume' (with --out_dir), a GPT-2 name or a Hugging Face folder")
 encode, decode = common.load_tokenizer(meta)
 
 model.eval()

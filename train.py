@@ -35,7 +35,7 @@ log_interval = 1  # print a log line every this many iterations
 eval_iters = 200  # batches per split in each evaluation
 eval_only = False  # evaluate once and exit
 always_save_checkpoint = True  # save after every eval, not only when val loss improves
-init_from = 'scratch'  # 'scratch' or 'resume' (from out_dir/ckpt.pt)
+init_from = 'scratch'  # 'scratch', 'resume' (from out_dir), 'gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl', or a Hugging Face folder
 # wandb logging
 wandb_log = False  # log to Weights & Biases (WANDB_MODE=offline works without network)
 wandb_project = 'owt'
@@ -108,21 +108,29 @@ elif init_from == 'resume':
         if k in explicit and config[k] != saved:
             common.fail(f"cannot resume with {k}={config[k]}: the checkpoint in {out_dir} has {k}={saved}; "
                         f"drop --{k} or start a new run in another out_dir")
-        model_args[k] = config[k] = saved
     model = common.model_from_checkpoint(checkpoint, resume_path, dropout=dropout)
     iter_num, best_val_loss = checkpoint['iter_num'], float(checkpoint['best_val_loss'])
-    block_size = model_args['block_size']
     changed = [f"{k} {v!r} -> {config[k]!r}" for k, v in checkpoint.get('config', {}).items()
                if k in config and k != 'init_from' and v != config[k]]
     if changed and rt.master:
         print(f"settings changed since the checkpoint: {', '.join(changed)}")
+elif common.is_pretrained(init_from):  # OpenAI's GPT-2 weights, or a Hugging Face GPT-2 folder
+    model = common.pretrained_model(init_from, dropout)
+    for k in common.MODEL_SHAPE_KEYS:
+        if k in explicit and config[k] != getattr(model.config, k) and k != 'block_size':
+            common.fail(f"{init_from} has {k}={getattr(model.config, k)}, not {config[k]}; drop --{k}")
 else:
-    common.fail(f"unknown init_from {init_from!r}; use 'scratch' or 'resume'")
+    common.fail(f"unknown init_from {init_from!r}; use 'scratch', 'resume', a GPT-2 name or a Hugging Face folder")
+if init_from != 'scratch':
+    model_args.update({k: getattr(model.config, k) for k in common.MODEL_SHAPE_KEYS})
+    if 'block_size' not in explicit or init_from == 'resume':
+        block_size = model.config.block_size
 if block_size > model.config.block_size:
     common.fail(f"block_size {block_size} is larger than the model's {model.config.block_size}")
 if block_size < model.config.block_size:  # e.g. finetuning GPT-2 on shorter blocks
     model.crop_block_size(block_size)
     model_args['block_size'] = block_size
+config.update({k: model_args[k] for k in common.MODEL_SHAPE_KEYS})  # what the checkpoint's model really is
 vocab_size = model.config.vocab_size
 if meta and meta['vocab_size'] != vocab_size:
     common.fail(f"the model's vocabulary ({vocab_size} tokens) differs from {data_dir}/meta.pkl "
@@ -206,6 +214,8 @@ def save(path):
         'model': raw_model.state_dict(), 'optimizer': optimizer.state_dict(), 'model_args': model_args,
         'iter_num': iter_num, 'best_val_loss': best_val_loss, 'config': config,
         'scaler': scaler.state_dict(), 'rng': common.gather_from_ranks(common.rng_state(), rt), 'meta': meta,
+        # beyond the original's model_args, which must stay loadable by it
+        'model_extra_args': {'gelu_approximate': raw_model.config.gelu_approximate},
     }
     if rt.master:
         common.save_checkpoint(checkpoint, path)

@@ -1,5 +1,6 @@
 """Shared fixtures: run the repo's scripts as a user would, on tiny data in tmp_path."""
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,22 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / 'shared' / 'data'
 SHAKESPEARE = SHARED_DATA / 'tinyshakespeare' / 'input.txt'
 TIKTOKEN_CACHE = SHARED_DATA / 'tiktoken_cache'
+
+if TIKTOKEN_CACHE.exists():  # GPT-2 BPE offline, here and in the scripts the tests run
+    os.environ.setdefault('TIKTOKEN_CACHE_DIR', str(TIKTOKEN_CACHE))
+
+
+def _bpe_available():
+    try:
+        import tiktoken
+        tiktoken.get_encoding('gpt2')
+        return True
+    except Exception:
+        return False
+
+
+needs_bpe = pytest.mark.skipif(not _bpe_available(), reason="GPT-2 BPE files: neither ../shared/data/tiktoken_cache "
+                                                             "nor network to download them")
 
 # a model of a few thousand parameters that trains in seconds on a CPU
 TINY_MODEL = ['--n_layer=2', '--n_head=2', '--n_embd=16', '--block_size=16', '--batch_size=4',
@@ -27,40 +44,57 @@ def sample_text(n_chars=30_000):
 
 
 def _env(extra=None):
-    env = dict(os.environ, PYTHONUNBUFFERED='1', WANDB_MODE='offline', WANDB_SILENT='true')
-    if TIKTOKEN_CACHE.exists():
-        env.setdefault('TIKTOKEN_CACHE_DIR', str(TIKTOKEN_CACHE))
+    env = dict(os.environ, PYTHONUNBUFFERED='1', WANDB_MODE='offline', WANDB_SILENT='true',
+               HF_HUB_OFFLINE='1', HF_DATASETS_OFFLINE='1', TRANSFORMERS_VERBOSITY='error')
     env.update(extra or {})
     return env
+
+
+def _run_script(script, *args, cwd, expect=0, env=None, timeout=240):
+    result = subprocess.run([sys.executable, str(REPO / script), *map(str, args)], cwd=cwd,
+                            capture_output=True, text=True, timeout=timeout, env=_env(env))
+    if expect is not None:
+        assert result.returncode == expect, f"exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result
 
 
 @pytest.fixture
 def run(tmp_path):
     """run('train.py', '--max_iters=5', ...): the script from the repo, in tmp_path, as a subprocess.
-    Fails the test on a non-zero exit unless expect= says otherwise."""
-    def _run(script, *args, expect=0, cwd=None, env=None, timeout=240):
-        result = subprocess.run([sys.executable, str(REPO / script), *map(str, args)], cwd=cwd or tmp_path,
-                                capture_output=True, text=True, timeout=timeout, env=_env(env))
-        if expect is not None:
-            assert result.returncode == expect, f"exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-        return result
+    Fails the test on an exit status other than expect (None: any)."""
+    def _run(script, *args, cwd=None, **kwargs):
+        return _run_script(script, *args, cwd=cwd or tmp_path, **kwargs)
     return _run
 
 
+@pytest.fixture(scope='session')
+def _prepared(tmp_path_factory):
+    folder = tmp_path_factory.mktemp('prepared')
+    (folder / 'input.txt').write_text(sample_text(), encoding='utf-8')
+    _run_script('data/shakespeare_char/prepare.py', '--input_file=input.txt', '--out_dir=data/tiny', cwd=folder)
+    return folder / 'data' / 'tiny'
+
+
 @pytest.fixture
-def char_data(tmp_path, run):
-    """A character-level dataset prepared by the real prepare.py into tmp_path/data/tiny."""
-    text_file = tmp_path / 'input.txt'
-    text_file.write_text(sample_text(), encoding='utf-8')
-    run('data/shakespeare_char/prepare.py', f'--input_file={text_file}', f'--out_dir={tmp_path / "data" / "tiny"}')
+def char_data(tmp_path, _prepared):
+    """A character-level dataset in tmp_path/data/tiny, prepared (once per session) by the real prepare.py."""
+    shutil.copytree(_prepared, tmp_path / 'data' / 'tiny')
     return tmp_path / 'data' / 'tiny'
 
 
+@pytest.fixture(scope='session')
+def _trained(tmp_path_factory, _prepared):
+    folder = tmp_path_factory.mktemp('trained')
+    shutil.copytree(_prepared, folder / 'data' / 'tiny')
+    _run_script('train.py', '--dataset=tiny', '--out_dir=out', '--max_iters=30', '--eval_interval=10',
+                '--log_interval=1', *TINY_MODEL, cwd=folder)
+    return folder / 'out'
+
+
 @pytest.fixture
-def trained(tmp_path, run, char_data):
-    """out_dir of a tiny model trained for 30 iterations on char_data."""
-    run('train.py', '--dataset=tiny', '--out_dir=out', '--max_iters=30', '--eval_interval=10', '--log_interval=1',
-        *TINY_MODEL)
+def trained(tmp_path, char_data, _trained):
+    """tmp_path/out: a tiny model trained (once per session) for 30 iterations on char_data."""
+    shutil.copytree(_trained, tmp_path / 'out')
     return tmp_path / 'out'
 
 

@@ -16,7 +16,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-from common import fail  # noqa: E402  (the repo root is on the path only from the line above)
+import common  # noqa: E402  (the repo root is on the path only from the line above)
 from configurator import configure  # noqa: E402
 
 input_file = ''  # the text to prepare; '' means input.txt beside this script, downloaded if missing
@@ -26,43 +26,17 @@ configure(globals())
 
 here = os.path.dirname(os.path.abspath(__file__))
 out_dir = out_dir or here
-if not input_file:
-    input_file = os.path.join(here, 'input.txt')
-    if not os.path.exists(input_file):
-        import requests
-        print(f"downloading {url}")
-        try:
-            response = requests.get(url, timeout=30)
-            response.raise_for_status()
-        except requests.RequestException as e:
-            shared = os.path.join(here, '..', '..', '..', 'shared', 'data', 'tinyshakespeare', 'input.txt')
-            copy_hint = f" (a copy is at {os.path.relpath(shared)})" if os.path.exists(shared) else ''
-            fail(f"could not download {url} ({type(e).__name__}); download it yourself and save it "
-                 f"as {os.path.relpath(input_file)}{copy_hint}")
-        with open(input_file, 'w', encoding='utf-8') as f:
-            f.write(response.text)
-try:
-    with open(input_file, encoding='utf-8') as f:
-        text = f.read()
-except (OSError, UnicodeDecodeError) as e:
-    fail(f"cannot read {input_file} as UTF-8 text ({e})")
+text = common.read_text(input_file, os.path.join(here, 'input.txt'), url)
 if len(text) < 2:
-    fail(f"{input_file} is too short to split into train and val")
-print(f"{input_file}: {len(text):,} characters")
+    common.fail("the text is too short to split into train and val")
+print(f"{len(text):,} characters")
 
 chars = sorted(set(text))
-if len(chars) > 65536:
-    fail(f"{len(chars):,} distinct characters do not fit in uint16 token ids")
 stoi = {ch: i for i, ch in enumerate(chars)}
-itos = {i: ch for i, ch in enumerate(chars)}
-ids = np.array([stoi[c] for c in text], dtype=np.uint16)
-split = int(len(ids) * 0.9)
 print(f"vocab size: {len(chars)}: {''.join(chars)!r}")
-print(f"train has {split:,} tokens, val has {len(ids) - split:,} tokens")
-
-os.makedirs(out_dir, exist_ok=True)
-ids[:split].tofile(os.path.join(out_dir, 'train.bin'))
-ids[split:].tofile(os.path.join(out_dir, 'val.bin'))
+ids = np.array([stoi[c] for c in text])
+split = int(len(ids) * 0.9)  # first 90% train, the rest val
+common.write_bins(out_dir, ids[:split], ids[split:])
 with open(os.path.join(out_dir, 'meta.pkl'), 'wb') as f:
-    pickle.dump({'vocab_size': len(chars), 'itos': itos, 'stoi': stoi}, f)
+    pickle.dump({'vocab_size': len(chars), 'itos': dict(enumerate(chars)), 'stoi': stoi}, f)
 print(f"wrote train.bin, val.bin and meta.pkl to {out_dir}")

@@ -1,0 +1,53 @@
+"""data/openwebtext/prepare.py: tokenise-and-write on small local data (no hub access)."""
+import importlib.util
+
+import numpy as np
+import pytest
+
+from conftest import REPO, assert_one_line_error, needs_bpe
+
+datasets = pytest.importorskip('datasets')
+
+
+def load_prepare():
+    spec = importlib.util.spec_from_file_location('owt_prepare', REPO / 'data' / 'openwebtext' / 'prepare.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # the script's work is under __main__: importing runs nothing
+    return module
+
+
+@needs_bpe
+def test_tokenize_and_write_in_shards(tmp_path):
+    import tiktoken
+    enc = tiktoken.get_encoding('gpt2')
+    docs = [f"Document number {i}. " + "Some words, some more words. " * (i % 7) for i in range(50)]
+    splits = {'train': datasets.Dataset.from_dict({'text': docs[:45]}),
+              'val': datasets.Dataset.from_dict({'text': docs[45:]})}
+    # 8 documents per shard: several shards, written one after another
+    counts = load_prepare().tokenize_and_write(splits, tmp_path, num_proc=1, docs_per_shard=8)
+    for split, texts in (('train', docs[:45]), ('val', docs[45:])):
+        ids = np.fromfile(tmp_path / f'{split}.bin', dtype=np.uint16)
+        assert counts[split] == len(ids)
+        expected = [t for text in texts for t in enc.encode_ordinary(text) + [enc.eot_token]]
+        assert ids.tolist() == expected  # every document, in order, each followed by <|endoftext|>
+    assert not list(tmp_path.glob('*.tmp'))
+
+
+@needs_bpe
+def test_prepare_local_text_files_with_workers(run, tmp_path):
+    for i in range(6):
+        (tmp_path / f'doc{i}.txt').write_text(f"text file {i}\nwith two lines\n")
+    result = run('data/openwebtext/prepare.py', '--dataset=text', f'--data_files={tmp_path}/doc*.txt',
+                 '--num_proc=2', '--out_dir=data/local', env={'HF_HOME': str(tmp_path / 'hf')})
+    assert '5 train and 1 val documents' in result.stdout
+    train = np.fromfile(tmp_path / 'data' / 'local' / 'train.bin', dtype=np.uint16)
+    val = np.fromfile(tmp_path / 'data' / 'local' / 'val.bin', dtype=np.uint16)
+    assert (train == 50256).sum() == 5 and (val == 50256).sum() == 1
+
+
+def test_prepare_bad_dataset_is_a_clear_error(run, tmp_path):
+    result = run('data/openwebtext/prepare.py', '--dataset=text', f'--data_files={tmp_path}/none*.txt', expect=2)
+    assert_one_line_error(result, 'no files match')
+    result = run('data/openwebtext/prepare.py', '--dataset=no-such/dataset', '--num_proc=1',
+                 env={'HF_HOME': str(tmp_path / 'hf')}, expect=2)
+    assert "could not load dataset 'no-such/dataset'" in result.stderr.strip().splitlines()[-1]

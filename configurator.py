@@ -105,8 +105,9 @@ def _find_config(path, namespace):
     fail(f"config file {path} not found (config files: config/*.py; settings: --key=value)")
 
 
-def _run_config(path, namespace, settings, nullable):
-    """Run a config file with the settings in scope; return {setting: new value} for what it assigns."""
+def _run_config(path, namespace, settings, nullable, lenient):
+    """Run a config file with the settings in scope; return {setting: new value} for what it assigns
+    (lenient: skipping names that are not settings of this script)."""
     try:
         with open(path, encoding='utf-8') as f:
             source = f.read()
@@ -127,6 +128,8 @@ def _run_config(path, namespace, settings, nullable):
     for name in assigned:
         if name.startswith('_'):  # private helpers in a config file are its own business
             continue
+        if name not in settings and lenient:
+            continue
         if name not in settings:
             close = difflib.get_close_matches(name, settings, n=1, cutoff=0.6)
             fail(f"{path} sets unknown setting {name}" + (f" (did you mean {close[0]}?)" if close else ''))
@@ -134,12 +137,14 @@ def _run_config(path, namespace, settings, nullable):
     return updates
 
 
-def configure(namespace, argv=None, nullable=(), echo=sys.stdout):
+def configure(namespace, argv=None, nullable=(), echo=sys.stdout, lenient_files=False):
     """Apply config files and --key=value arguments to a script's settings, in order.
 
     namespace is the script's globals(): every public int/float/bool/str/None in it is a
     setting. nullable names settings that may also be None (e.g. top_k=None: no top-k).
     What was overridden is printed to echo (None: nowhere) once every argument is accepted.
+    lenient_files lets config files set names this script does not have (bench.py reads the
+    training configs for their model and batch), which are then ignored.
     Returns (config, explicit): all settings after overrides, and the names that a config
     file or argument set (as opposed to defaults).
     """
@@ -166,7 +171,7 @@ def configure(namespace, argv=None, nullable=(), echo=sys.stdout):
             fail(f"{arg} is not a config file; settings are written --{arg}")
         else:
             arg = _find_config(arg, namespace)
-            updates = _run_config(arg, namespace, settings, nullable)
+            updates = _run_config(arg, namespace, settings, nullable, lenient_files)
             source = arg
         if report and report[-1][0] == source == 'command line':
             report[-1][1].update(updates)

@@ -243,25 +243,41 @@ class GPT(nn.Module):
         cfg = self.config
         return 6 * self.get_num_params() + 12 * cfg.n_layer * cfg.n_embd * cfg.block_size
 
-    def estimate_mfu(self, fwdbwd_per_iter, dt, peak_flops=312e12):
-        """Model FLOPs utilisation: achieved FLOP/s over the device's peak (default: A100 bf16)."""
+    def estimate_mfu(self, fwdbwd_per_iter, dt, peak_flops=None):
+        """Model FLOPs utilisation: achieved FLOP/s over the device's peak. By default the peak is
+        looked up for the device the model is on (common.peak_flops: a table of GPUs in bfloat16, a
+        measured matmul rate on a CPU); None when it is unknown."""
+        if peak_flops is None:
+            from common import peak_flops as lookup  # device knowledge lives with the device plumbing
+            peak_flops = lookup(self.lm_head.weight.device, 'bfloat16')
+            if peak_flops is None:
+                return None
         flops_per_iter = self.flops_per_token() * self.config.block_size * fwdbwd_per_iter
         return flops_per_iter / dt / peak_flops
 
     @torch.no_grad()
-    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, use_cache=True):
-        """Sample max_new_tokens tokens after idx (B, T), feeding each back in. The context is
-        cropped to the last block_size tokens. With use_cache each step feeds only the newest
-        token and reuses keys/values; once the window slides, positions shift and the cache is
-        rebuilt from the cropped context, so both paths give the same tokens. Call model.eval() first."""
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, use_cache=True, slide_to=None):
+        """Sample max_new_tokens tokens after idx (B, T), feeding each back in. Call model.eval() first.
+
+        The context is at most block_size tokens: once the sequence outgrows it, the window slides
+        to keep the last slide_to tokens (default block_size, as in the original: from then on every
+        step sees exactly the last block_size tokens). With use_cache each step feeds only the newest
+        token and reuses every layer's keys and values; when the window slides, positions shift and
+        the cache is rebuilt from the cropped context. Both paths see the same contexts, so with the
+        same seed they give the same tokens. Past block_size, the default rebuilds at every step;
+        slide_to=block_size // 2 rebuilds once per block_size // 2 tokens, which is much faster."""
         block_size = self.config.block_size
+        keep = min(slide_to or block_size, block_size)
+        start = max(0, idx.size(1) - block_size)  # the context is idx[:, start:]
         caches = None
         for _ in range(max_new_tokens):
-            if use_cache and caches is not None and idx.size(1) <= block_size:
+            if idx.size(1) - start > block_size:
+                start, caches = idx.size(1) - keep, None
+            if use_cache and caches is not None:
                 logits, _ = self(idx[:, -1:], kv_caches=caches)
             else:
                 caches = [KVCache() for _ in self.transformer.h] if use_cache else None
-                logits, _ = self(idx[:, -block_size:], kv_caches=caches)
+                logits, _ = self(idx[:, start:], kv_caches=caches)
             logits = logits[:, -1, :] / temperature
             if top_k is not None:
                 kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]

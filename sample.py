@@ -24,6 +24,8 @@ num_samples = 10  # how many samples to draw
 max_new_tokens = 500  # tokens generated per sample
 temperature = 0.8  # 1.0 samples the model's distribution; lower is more conservative, higher more random
 top_k = 200  # sample only among the top_k most likely tokens; None for all
+kv_cache = True  # reuse each layer's keys and values, feeding one new token per step; False recomputes the context
+slide_to = 0  # past block_size keep the last slide_to tokens: 0 is block_size//2 (fast); block_size slides as the original
 seed = 1337
 device = 'auto'  # 'auto' (cuda, then mps, then cpu), 'cpu', 'cuda', 'cuda:1', 'mps'
 dtype = 'auto'  # 'auto' (bfloat16 on CUDA where supported, else float16; float32 elsewhere), 'float32', 'bfloat16', 'float16'
@@ -81,6 +83,7 @@ if not start_ids:
 x = torch.tensor(start_ids, dtype=torch.long, device=rt.device)[None, ...]
 with torch.no_grad(), rt.autocast:
     for _ in range(num_samples):
-        y = model.generate(x, max_new_tokens, temperature=temperature, top_k=top_k)
+        y = model.generate(x, max_new_tokens, temperature=temperature, top_k=top_k, use_cache=kv_cache,
+                           slide_to=slide_to or model.config.block_size // 2)
         print(decode(y[0].tolist()))
         print('---------------')

@@ -116,3 +116,46 @@ def test_estimate_mfu():
     # flops for one iteration of 4 sequences, done in exactly the time the peak would take
     flops = model.flops_per_token() * 16 * 4
     assert model.estimate_mfu(4, dt=1.0, peak_flops=flops) == pytest.approx(1.0)
+
+
+def test_kv_cache_gives_the_same_tokens_as_recomputing(monkeypatch):
+    model = tiny_model(bias=False).eval()
+    prompt = torch.randint(65, (2, 3))
+    lengths = []
+    forward = GPT.forward
+    monkeypatch.setattr(GPT, 'forward', lambda self, idx, *a, **k: lengths.append(idx.size(1)) or forward(self, idx, *a, **k))
+    for temperature, top_k in ((1.0, None), (0.7, 5), (1.3, 20)):
+        torch.manual_seed(3)
+        cached = model.generate(prompt, 30, temperature=temperature, top_k=top_k)  # 33 > block_size 16: it slides
+        lengths.clear()
+        torch.manual_seed(3)
+        plain = model.generate(prompt, 30, temperature=temperature, top_k=top_k, use_cache=False)
+        assert torch.equal(cached, plain)
+    torch.manual_seed(3)
+    lengths.clear()
+    model.generate(prompt, 30)
+    # the prompt once, then one token per step until the window is full, then the cropped window each step
+    assert lengths == [3] + [1] * 13 + [16] * 16
+
+
+def test_kv_cache_with_a_prompt_longer_than_the_block():
+    model = tiny_model().eval()
+    prompt = torch.randint(65, (1, 40))
+    torch.manual_seed(0)
+    cached = model.generate(prompt, 10, top_k=10)
+    torch.manual_seed(0)
+    assert torch.equal(cached, model.generate(prompt, 10, top_k=10, use_cache=False))
+
+
+def test_sliding_by_half_a_window_is_the_same_with_and_without_the_cache(monkeypatch):
+    model = tiny_model().eval()
+    prompt = torch.randint(65, (1, 2))
+    torch.manual_seed(5)
+    plain = model.generate(prompt, 40, temperature=0.8, top_k=10, use_cache=False, slide_to=8)
+    lengths = []
+    forward = GPT.forward
+    monkeypatch.setattr(GPT, 'forward', lambda self, idx, *a, **k: lengths.append(idx.size(1)) or forward(self, idx, *a, **k))
+    torch.manual_seed(5)
+    assert torch.equal(plain, model.generate(prompt, 40, temperature=0.8, top_k=10, slide_to=8))
+    # when the 16-token window overflows, it restarts from the last 8 tokens, then grows a token at a time
+    assert lengths[:24] == [2] + [1] * 14 + [8] + [1] * 8

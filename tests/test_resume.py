@@ -1,6 +1,5 @@
 """Never lose a run: exact resume, atomic checkpoints, clean stops on signals, non-finite loss."""
 import json
-import os
 import signal
 import subprocess
 import sys

@@ -1,0 +1,186 @@
+"""
+Benchmark a GPT's training step, or its generation: median ms/iter, tokens/s and MFU.
+
+$ python bench.py                                             # GPT-2 124M shape, synthetic data
+$ python bench.py config/train_shakespeare_char_cpu.py --real_data=True     # a recipe's model and batch
+$ python bench.py config/train_gpt2.py --profile=True         # torch profiler: a table, and a trace in bench_log/
+$ python bench.py config/train_shakespeare_char.py --mode=generate          # with and without the KV cache
+
+The training step is train.py's: micro-steps of forward and backward, clipping, AdamW. MFU is
+against the device's peak: a table of GPUs (bfloat16 dense: A100 312, H100 989 TFLOPS, ...) or, on
+a CPU, its measured float32 matmul rate. Every run appends one JSON line to results_file, so runs
+on different code, settings or machines can be compared.
+"""
+import json
+import os
+import statistics
+import time
+
+import numpy as np
+import torch
+
+import common
+from configurator import configure
+from model import GPT, GPTConfig
+
+mode = 'train'  # 'train' times optimizer steps; 'generate' times sampling with and without the KV cache
+# the model and batch (the training configs set these)
+batch_size = 12
+block_size = 1024
+gradient_accumulation_steps = 1  # micro-steps per timed iteration
+n_layer = 12
+n_head = 12
+n_embd = 768
+bias = False
+dropout = 0.0
+vocab_size = 0  # 0: the dataset's meta.pkl with real_data, else GPT-2's 50304
+real_data = False  # random blocks of data/<dataset>/train.bin rather than fixed random tokens
+dataset = 'openwebtext'
+learning_rate = 6e-4
+weight_decay = 1e-1
+beta1 = 0.9
+beta2 = 0.95
+grad_clip = 1.0
+# the measurement
+warmup_iters = 10  # untimed iterations first (compilation, caches)
+bench_iters = 30  # timed iterations; the median is reported
+profile = False  # run the torch profiler over the timed iterations
+max_new_tokens = 500  # generate: tokens per sample, from a one-token prompt
+repeats = 3  # generate: timed samples of each kind, alternating
+slide_to = 0  # generate: the context kept when the window slides (0: block_size // 2, as in sample.py)
+results_file = 'bench_results.jsonl'
+seed = 1337
+device = 'auto'
+dtype = 'auto'
+compile = 'auto'
+config, _ = configure(globals(), lenient_files=True)
+
+rt = common.setup_runtime(device, dtype, compile, seed=seed)
+if real_data:
+    data_dir = os.path.join('data', dataset)
+    meta = common.check_dataset(data_dir, dataset)
+    train_path = common.dataset_paths(data_dir)['train']
+    vocab_size = vocab_size or (meta['vocab_size'] if meta else 50304)
+vocab_size = vocab_size or 50304
+try:
+    model = GPT(GPTConfig(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, bias=bias,
+                          vocab_size=vocab_size, dropout=dropout)).to(rt.device)
+except ValueError as e:
+    common.fail(str(e))
+forward = torch.compile(model) if rt.compile else model
+
+
+def synchronize():
+    if rt.device_type == 'cuda':
+        torch.cuda.synchronize()
+    elif rt.device_type == 'mps':
+        torch.mps.synchronize()
+
+
+def timed(fn):
+    synchronize()
+    start = time.perf_counter()
+    result = fn()
+    synchronize()
+    return time.perf_counter() - start, result
+
+
+if rt.device_type == 'cuda':
+    device_name = torch.cuda.get_device_name(rt.device)
+else:
+    with open('/proc/cpuinfo') if os.path.exists('/proc/cpuinfo') else open(os.devnull) as f:
+        names = [line.split(':', 1)[1].strip() for line in f if line.startswith('model name')]
+    device_name = f"{names[0] if names else rt.device_type}, {torch.get_num_threads()} threads"
+record = {'bench': mode, 'time': time.strftime('%Y-%m-%d %H:%M:%S'), 'device': rt.device, 'device_name': device_name,
+          'dtype': rt.dtype, 'compile': rt.compile, 'torch': torch.__version__,
+          'model': dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, vocab_size=vocab_size),
+          'params': model.get_num_params()}
+print(f"{device_name}, {rt.dtype}, compile {rt.compile}: {common.format_count(model.get_num_params())} parameters")
+
+if mode == 'train':
+    optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), rt.device_type)
+    scaler = torch.amp.GradScaler(rt.device_type, enabled=rt.dtype == 'float16')
+    fixed = torch.randint(vocab_size, (batch_size, block_size + 1), device=rt.device)
+
+    def get_batch():
+        if not real_data:
+            return fixed[:, :-1], fixed[:, 1:]
+        data = np.memmap(train_path, dtype=np.uint16, mode='r')
+        starts = np.random.randint(0, len(data) - block_size, batch_size)
+        tokens = torch.from_numpy(data[starts[:, None] + np.arange(block_size + 1)].astype(np.int64))
+        tokens = tokens.pin_memory().to(rt.device, non_blocking=True) if rt.device_type == 'cuda' else tokens.to(rt.device)
+        return tokens[:, :-1], tokens[:, 1:]
+
+    def train_step():
+        for _ in range(gradient_accumulation_steps):
+            X, Y = get_batch()
+            with rt.autocast:
+                loss = forward(X, Y)[1] / gradient_accumulation_steps
+            scaler.scale(loss).backward()
+        if grad_clip:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        return loss
+
+    for _ in range(warmup_iters):
+        train_step()
+    profiler = None
+    if profile:
+        activities = [torch.profiler.ProfilerActivity.CPU] + \
+            ([torch.profiler.ProfilerActivity.CUDA] if rt.device_type == 'cuda' else [])
+        profiler = torch.profiler.profile(activities=activities, record_shapes=True, with_flops=True,
+                                          on_trace_ready=torch.profiler.tensorboard_trace_handler('bench_log'))
+        profiler.start()
+    times = []
+    for _ in range(bench_iters):
+        dt, loss = timed(train_step)
+        times.append(dt)
+        if profiler:
+            profiler.step()
+    if profiler:
+        profiler.stop()
+        sort = 'self_cuda_time_total' if rt.device_type == 'cuda' else 'self_cpu_time_total'
+        print(profiler.key_averages().table(sort_by=sort, row_limit=20))
+        print("trace written to bench_log/ (open it in Perfetto or chrome://tracing)")
+    median = statistics.median(times)
+    tokens = batch_size * block_size * gradient_accumulation_steps
+    peak = common.peak_flops(rt.device, rt.dtype)
+    mfu = model.estimate_mfu(batch_size * gradient_accumulation_steps, median, peak) if peak else None
+    record.update(batch_size=batch_size, gradient_accumulation_steps=gradient_accumulation_steps, real_data=real_data,
+                  profiled=profile, median_ms=round(median * 1000, 3), p10_ms=round(np.percentile(times, 10) * 1000, 3),
+                  p90_ms=round(np.percentile(times, 90) * 1000, 3), tokens_per_s=round(tokens / median),
+                  peak_tflops=round(peak / 1e12, 2) if peak else None, mfu=round(mfu, 4) if mfu else None,
+                  loss=round(loss.item() * gradient_accumulation_steps, 4))
+    print(f"median {median * 1000:.2f} ms/iter (p10 {record['p10_ms']:.2f}, p90 {record['p90_ms']:.2f}) over "
+          f"{bench_iters} iterations, {tokens / median:,.0f} tokens/s"
+          + (f", MFU {mfu * 100:.1f}% of {peak / 1e12:.3g} TFLOPS" if mfu else ", MFU unknown (no peak for this device)"))
+elif mode == 'generate':
+    model.eval()
+    prompt = torch.zeros((1, 1), dtype=torch.long, device=rt.device)
+    times, outputs = {True: [], False: []}, {}
+    with torch.no_grad(), rt.autocast:
+        model.generate(prompt, 20)  # warm up
+        for _ in range(repeats):
+            for use_cache in (True, False):  # alternating, so both see the same machine load
+                torch.manual_seed(seed)
+                dt, out = timed(lambda: model.generate(prompt, max_new_tokens, temperature=0.8, top_k=200,
+                                                       use_cache=use_cache, slide_to=slide_to or block_size // 2))
+                times[use_cache].append(dt)
+                outputs[use_cache] = out
+    cached, uncached = statistics.median(times[True]), statistics.median(times[False])
+    record.update(max_new_tokens=max_new_tokens, repeats=repeats, slide_to=slide_to,
+                  kv_cache_tokens_per_s=round(max_new_tokens / cached, 1),
+                  no_cache_tokens_per_s=round(max_new_tokens / uncached, 1), speedup=round(uncached / cached, 3),
+                  same_tokens=bool(torch.equal(outputs[True], outputs[False])))
+    print(f"{max_new_tokens} new tokens: KV cache {max_new_tokens / cached:,.1f} tokens/s, without "
+          f"{max_new_tokens / uncached:,.1f} tokens/s: {uncached / cached:.2f}x (median of {repeats}); "
+          f"same tokens: {record['same_tokens']}")
+else:
+    common.fail(f"unknown mode {mode!r}; use 'train' or 'generate'")
+
+with open(results_file, 'a') as f:
+    f.write(json.dumps(record) + '\n')
+print(f"appended to {results_file}")

@@ -1,0 +1,59 @@
+"""bench.py: timing, MFU against the right peak, the profiler, and one JSON line per run."""
+import json
+
+import torch
+
+import common
+from model import GPT, GPTConfig
+
+TINY_BENCH = ['--n_layer=2', '--n_head=2', '--n_embd=16', '--block_size=16', '--batch_size=4', '--device=cpu',
+              '--vocab_size=65', '--warmup_iters=2', '--bench_iters=5', '--results_file=results.jsonl']
+
+
+def results(tmp_path):
+    return [json.loads(line) for line in (tmp_path / 'results.jsonl').read_text().splitlines()]
+
+
+def test_bench_training_step_reports_median_tokens_and_mfu(run, tmp_path):
+    out = run('bench.py', *TINY_BENCH).stdout
+    record = results(tmp_path)[0]
+    assert record['bench'] == 'train' and record['device'] == 'cpu' and record['median_ms'] > 0
+    assert abs(record['tokens_per_s'] - 4 * 16 / (record['median_ms'] / 1000)) <= 0.01 * record['tokens_per_s']
+    assert 0 < record['mfu'] < 1 and record['peak_tflops'] > 0  # against this CPU's measured matmul rate
+    assert 'median' in out and 'MFU' in out
+
+
+def test_bench_reads_a_training_config_and_real_data(run, tmp_path, char_data):
+    run('bench.py', 'config/train_shakespeare_char_cpu.py', '--real_data=True', '--dataset=tiny', *TINY_BENCH[:5],
+        '--warmup_iters=1', '--bench_iters=2', '--results_file=results.jsonl')
+    record = results(tmp_path)[0]
+    assert record['model']['vocab_size'] < 100 and record['real_data'] is True  # from the dataset's meta.pkl
+    assert record['batch_size'] == 4  # the command line wins over the config file
+
+
+def test_bench_profile_writes_a_trace(run, tmp_path):
+    out = run('bench.py', *TINY_BENCH, '--profile=True').stdout
+    assert 'Self CPU' in out and list((tmp_path / 'bench_log').glob('*.json'))
+
+
+def test_bench_generate_compares_kv_cache(run, tmp_path):
+    run('bench.py', *TINY_BENCH, '--mode=generate', '--max_new_tokens=40', '--repeats=1')
+    record = results(tmp_path)[0]
+    assert record['same_tokens'] is True and record['kv_cache_tokens_per_s'] > 0 and record['speedup'] > 0
+
+
+def test_peak_table(monkeypatch):
+    monkeypatch.setattr(torch.cuda, 'get_device_name', lambda device=None: 'NVIDIA H100 80GB HBM3')
+    assert common.peak_flops('cuda', 'bfloat16') == 989e12 and common.peak_flops('cuda', 'float32') == 495e12
+    monkeypatch.setattr(torch.cuda, 'get_device_name', lambda device=None: 'NVIDIA A100-SXM4-40GB')
+    assert common.peak_flops('cuda', 'bfloat16') == 312e12
+    monkeypatch.setattr(torch.cuda, 'get_device_name', lambda device=None: 'NVIDIA H100 PCIe')
+    assert common.peak_flops('cuda', 'float16') == 756e12
+    monkeypatch.setattr(torch.cuda, 'get_device_name', lambda device=None: 'Some Future GPU')
+    assert common.peak_flops('cuda', 'bfloat16') is None
+
+
+def test_estimate_mfu_uses_the_device_peak():
+    model = GPT(GPTConfig(n_layer=1, n_head=1, n_embd=8, block_size=8, vocab_size=10))
+    flops = model.flops_per_token() * 8 * 2
+    assert model.estimate_mfu(2, 1.0) == flops / common.measured_cpu_flops()  # on the CPU: its measured peak

@@ -13,6 +13,7 @@ on different code, settings or machines can be compared.
 """
 import json
 import os
+import resource
 import statistics
 import time
 
@@ -134,12 +135,13 @@ if mode == 'train':
         profiler = torch.profiler.profile(activities=activities, record_shapes=True, with_flops=True,
                                           on_trace_ready=torch.profiler.tensorboard_trace_handler('bench_log'))
         profiler.start()
-    times = []
+    times, faults_before = [], resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for _ in range(bench_iters):
         dt, loss = timed(train_step)
         times.append(dt)
         if profiler:
             profiler.step()
+    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before) / bench_iters
     if profiler:
         profiler.stop()
         sort = 'self_cuda_time_total' if rt.device_type == 'cuda' else 'self_cpu_time_total'
@@ -153,7 +155,7 @@ if mode == 'train':
                   profiled=profile, median_ms=round(median * 1000, 3), p10_ms=round(np.percentile(times, 10) * 1000, 3),
                   p90_ms=round(np.percentile(times, 90) * 1000, 3), tokens_per_s=round(tokens / median),
                   peak_tflops=round(peak / 1e12, 2) if peak else None, mfu=round(mfu, 4) if mfu else None,
-                  loss=round(loss.item() * gradient_accumulation_steps, 4))
+                  loss=round(loss.item() * gradient_accumulation_steps, 4), page_faults_per_iter=round(faults, 1))
     print(f"median {median * 1000:.2f} ms/iter (p10 {record['p10_ms']:.2f}, p90 {record['p90_ms']:.2f}) over "
           f"{bench_iters} iterations, {tokens / median:,.0f} tokens/s"
           + (f", MFU {mfu * 100:.1f}% of {peak / 1e12:.3g} TFLOPS" if mfu else ", MFU unknown (no peak for this device)"))

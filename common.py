@@ -10,6 +10,7 @@ import math
 import os
 import pickle
 import random
+import resource
 import signal
 import sys
 import time
@@ -506,6 +507,15 @@ def gpt2_encoding():
     except Exception as e:
         fail(f"cannot load the GPT-2 BPE tokenizer ({type(e).__name__}); tiktoken downloads it once, or "
              f"set TIKTOKEN_CACHE_DIR to a folder that holds tiktoken's cached copies of its files")
+
+
+def peak_memory(runtime):
+    """This process's peak resident memory (and on CUDA, the most memory torch held on the GPU)."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == 'darwin' else 1024)
+    text = f"peak memory {rss / 2**30:.2f} GB"
+    if runtime.device_type == 'cuda':
+        text += f" (GPU {torch.cuda.max_memory_allocated(runtime.device) / 2**30:.2f} GB)"
+    return text
 
 
 def format_count(n):

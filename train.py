@@ -320,7 +320,7 @@ if not stopped:
     if rt.master:
         print(f"done: {iter_num} iterations, best val loss {best_val_loss:.4f}, "
               f"{common.format_duration(time.time() - run_start)}, {(iter_num - start_iter) * tokens_per_iter:,} "
-              f"tokens this run")
+              f"tokens this run, {common.peak_memory(rt)}")
         if os.path.exists(ckpt_path) and not eval_only:
             print(f"checkpoint: {ckpt_path}; sample from it with: python sample.py --out_dir={out_dir}")
 if rt.master:

@@ -35,17 +35,21 @@ out_dir = ''  # where train.bin and val.bin go; '' means beside this script
 def tokenize_and_write(splits, out_dir, num_proc=1, text_column='text', docs_per_shard=16384):
     """Encode each split's documents with GPT-2 BPE, end-of-text after each, and write them to
     out_dir/<split>.bin one shard of documents at a time. Returns {split: number of tokens}."""
+    import datasets
     enc = common.gpt2_encoding()
 
     def encode(example):
         ids = enc.encode_ordinary(example[text_column])
         ids.append(enc.eot_token)
-        return {'ids': ids}
+        return {'ids': np.array(ids, dtype=np.uint16)}
+
+    # uint16 in the Arrow cache too: a quarter of the disk (and memory-mapped pages) of int64
+    features = datasets.Features({'ids': datasets.Sequence(datasets.Value('uint16'))})
 
     os.makedirs(out_dir, exist_ok=True)
     counts = {}
     for split, docs in splits.items():
-        tokenized = docs.map(encode, remove_columns=docs.column_names, num_proc=num_proc,
+        tokenized = docs.map(encode, remove_columns=docs.column_names, features=features, num_proc=num_proc,
                              desc=f"tokenizing {split}").with_format('numpy')
         path = os.path.join(out_dir, f'{split}.bin')
         n_shards = max(1, math.ceil(len(tokenized) / docs_per_shard))

@@ -168,10 +168,11 @@ def peak_flops(device='cpu', dtype='float32'):
 _cpu_flops = []
 
 
-def measured_cpu_flops(n=1024, seconds=0.3):
-    """float32 matmul FLOP/s of this CPU with torch's threads (measured once per process, ~0.3 s)."""
+def measured_cpu_flops(n=1024, seconds=0.2):
+    """float32 matmul FLOP/s of this CPU with torch's threads (measured once per process, ~0.2 s)."""
     if not _cpu_flops:
-        a, b = torch.randn(n, n), torch.randn(n, n)
+        generator = torch.Generator().manual_seed(0)  # not the global RNG: training's random state is untouched
+        a, b = torch.randn(n, n, generator=generator), torch.randn(n, n, generator=generator)
         a @ b  # warm up
         rates, start = [], time.perf_counter()
         while time.perf_counter() - start < seconds:
@@ -499,6 +500,26 @@ def load_tokenizer(meta):
     return (lambda text: enc.encode(text, allowed_special={'<|endoftext|>'})), enc.decode
 
 
+class TextStream:
+    """Print a sample as its tokens arrive. Each time, decode all the ids so far and print what is
+    new, holding back a trailing incomplete character (a BPE token can end inside one)."""
+
+    def __init__(self, decode, ids, out=sys.stdout):
+        self.decode, self.ids, self.out, self.shown = decode, list(ids), out, 0
+        self._show()
+
+    def push(self, token_id):
+        self.ids.append(token_id)
+        self._show()
+
+    def _show(self):
+        text = self.decode(self.ids)
+        if not text.endswith('\ufffd'):
+            self.out.write(text[self.shown:])
+            self.out.flush()
+            self.shown = len(text)
+
+
 def gpt2_encoding():
     """tiktoken's GPT-2 BPE, or a clear error when it can be neither downloaded nor found cached."""
     import tiktoken
@@ -516,6 +537,12 @@ def peak_memory(runtime):
     if runtime.device_type == 'cuda':
         text += f" (GPU {torch.cuda.max_memory_allocated(runtime.device) / 2**30:.2f} GB)"
     return text
+
+
+def estimate_seconds(model, tokens_per_iter, iters, eval_tokens, peak):
+    """A rough time for a run: forward+backward FLOPs for the training tokens, forward only (a third)
+    for the evaluation tokens, at 60% of the peak (what the laptop recipe reaches on a CPU)."""
+    return (iters * tokens_per_iter + eval_tokens / 3) * model.flops_per_token() / (0.6 * peak)
 
 
 def format_count(n):

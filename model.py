@@ -256,7 +256,8 @@ class GPT(nn.Module):
         return flops_per_iter / dt / peak_flops
 
     @torch.no_grad()
-    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, use_cache=True, slide_to=None):
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, use_cache=True, slide_to=None,
+                 on_token=None):
         """Sample max_new_tokens tokens after idx (B, T), feeding each back in. Call model.eval() first.
 
         The context is at most block_size tokens: once the sequence outgrows it, the window slides
@@ -265,7 +266,8 @@ class GPT(nn.Module):
         token and reuses every layer's keys and values; when the window slides, positions shift and
         the cache is rebuilt from the cropped context. Both paths see the same contexts, so with the
         same seed they give the same tokens. Past block_size, the default rebuilds at every step;
-        slide_to=block_size // 2 rebuilds once per block_size // 2 tokens, which is much faster."""
+        slide_to=block_size // 2 rebuilds once per block_size // 2 tokens, which is much faster.
+        on_token, if given, is called with each new (B, 1) token as soon as it is sampled."""
         block_size = self.config.block_size
         keep = min(slide_to or block_size, block_size)
         start = max(0, idx.size(1) - block_size)  # the context is idx[:, start:]
@@ -284,4 +286,6 @@ class GPT(nn.Module):
                 logits = logits.masked_fill(logits < kth, float('-inf'))
             next_token = torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)
             idx = torch.cat((idx, next_token), dim=1)
+            if on_token is not None:
+                on_token(next_token)
         return idx

@@ -81,9 +81,13 @@ start_ids = encode(start)
 if not start_ids:
     common.fail("the prompt is empty; give at least one token with --start")
 x = torch.tensor(start_ids, dtype=torch.long, device=rt.device)[None, ...]
+settings = dict(temperature=temperature, top_k=top_k, use_cache=kv_cache, slide_to=slide_to or model.config.block_size // 2)
 with torch.no_grad(), rt.autocast:
-    for _ in range(num_samples):
-        y = model.generate(x, max_new_tokens, temperature=temperature, top_k=top_k, use_cache=kv_cache,
-                           slide_to=slide_to or model.config.block_size // 2)
-        print(decode(y[0].tolist()))
-        print('---------------')
+    if num_samples == 1:  # one sample: print it as it is written
+        stream = common.TextStream(decode, start_ids)
+        model.generate(x, max_new_tokens, on_token=lambda token: stream.push(token.item()), **settings)
+        print('\n---------------')
+    else:  # several: all at once, as one batch, then each followed by the original's separator line
+        for sample in model.generate(x.expand(num_samples, -1), max_new_tokens, **settings):
+            print(decode(sample.tolist()))
+            print('---------------')

@@ -151,8 +151,6 @@ if rt.compile:
     model = torch.compile(model)
 if rt.ddp:
     model = DDP(model, device_ids=[rt.local_rank] if rt.device_type == 'cuda' else None)
-if checkpoint is not None and rt.rank < len(checkpoint.get('rng', [])):
-    common.set_rng_state(checkpoint['rng'][rt.rank])  # after init, which draws from the same RNGs
 
 
 # data: random blocks of block_size + 1 tokens from the memory-mapped .bin files
@@ -178,17 +176,20 @@ def get_batch(split, sample_seed):
 
 @torch.no_grad()
 def estimate_loss():
-    """Mean loss over eval_iters batches per split (the same batches at every eval), averaged over ranks."""
+    """Mean loss over eval_iters batches per split (the same batches at every eval), averaged over
+    ranks. A stop request cuts it short: then every rank gets NaN, and the evaluation is skipped."""
     out = {}
     model.eval()
     for split_index, split in enumerate(('train', 'val')):
         losses = torch.zeros(eval_iters)
         for k in range(eval_iters):
+            if stop.requested:
+                break
             X, Y = get_batch(split, (-1 - split_index, k))
             with rt.autocast:
                 _, loss = model(X, Y)
             losses[k] = loss.item()
-        out[split] = common.all_ranks_mean(losses.mean().item(), rt)
+        out[split] = common.all_ranks_mean(float('nan') if stop.requested else losses.mean().item(), rt)
     model.train()
     return out
 
@@ -216,30 +217,53 @@ def save(path):
         'scaler': scaler.state_dict(), 'rng': common.gather_from_ranks(common.rng_state(), rt), 'meta': meta,
         # beyond the original's model_args, which must stay loadable by it
         'model_extra_args': {'gelu_approximate': raw_model.config.gelu_approximate},
+        'wandb_run_id': wandb_run_id,
     }
     if rt.master:
         common.save_checkpoint(checkpoint, path)
     return True
 
 
+n_params = raw_model.get_num_params()
+peak_flops = common.peak_flops(rt.device, rt.dtype)  # for MFU: a GPU table, or this CPU's measured matmul rate
+run_info = dict(tokens_per_iter=tokens_per_iter, n_params=n_params, device=rt.device, dtype=rt.dtype,
+                world_size=rt.world_size, compile=rt.compile)
 metrics = common.MetricsLog(out_dir, resume_iter=iter_num if init_from == 'resume' else None) if rt.master else None
+wandb_run_id = checkpoint.get('wandb_run_id') if checkpoint else None
 if wandb_log and rt.master:
     import wandb
-    wandb.init(project=wandb_project, name=wandb_run_name, config=config)
+    # the run's id goes into checkpoints, so that a resumed training continues the same wandb run
+    wandb_run_id = wandb.init(project=wandb_project, name=wandb_run_name, config={**config, **run_info},
+                              id=wandb_run_id, resume='allow').id
+if checkpoint is not None and rt.rank < len(checkpoint.get('rng', [])):
+    common.set_rng_state(checkpoint['rng'][rt.rank])  # last: everything above may draw random numbers
+checkpoint = None  # free the memory
 
 if rt.master:
     processes = f"{rt.world_size} processes (DDP, {rt.backend})" if rt.ddp else "1 process"
-    print(f"device {rt.device}, dtype {rt.dtype}, compile {rt.compile}, {processes}, "
-          f"{common.format_count(raw_model.get_num_params())} parameters, {tokens_per_iter:,} tokens per iteration")
+    print(f"device {rt.device}, dtype {rt.dtype}, compile {rt.compile}, {processes}")
+    print(f"model: {common.format_count(n_params)} parameters ({model_args['n_layer']} layers, {model_args['n_head']} "
+          f"heads, {model_args['n_embd']} wide, context {block_size}, vocabulary {vocab_size})")
+    print(f"{tokens_per_iter:,} tokens per iteration ({batch_size} sequences x {block_size} tokens x "
+          f"{gradient_accumulation_steps * rt.world_size} micro-steps); {max_iters:,} iterations; out_dir {out_dir}")
     if init_from == 'resume':
         print(f"resuming from {resume_path} at iteration {iter_num} (best val loss {best_val_loss:.4f})")
+    n_evals = 1 if eval_only else (max_iters - iter_num) // eval_interval + 1
+    estimate = common.estimate_seconds(raw_model, tokens_per_iter, 0 if eval_only else max_iters - iter_num,
+                                       n_evals * 2 * eval_iters * batch_size * block_size * rt.world_size,
+                                       peak_flops) if peak_flops else 0
+    if rt.device_type == 'cpu' and estimate > 15 * 60:
+        cpu_config = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'config', f'train_{dataset}_cpu.py')
+        advice = f"python train.py {os.path.relpath(cpu_config)} takes a few minutes" if os.path.exists(cpu_config) \
+            else "a GPU, or a smaller model, batch, block_size or max_iters, would be quicker"
+        print(f"WARNING: this looks like a GPU config: about {common.format_duration(estimate)} on this CPU; {advice}")
 
 # -----------------------------------------------------------------------------
 # the training loop
 stop, stopped = common.GracefulStop(), False  # Ctrl-C / SIGTERM: finish the step, save, exit
 X, Y = get_batch('train', (iter_num, 0))
 start_iter, run_start = iter_num, time.time()
-ms_per_iter = None  # smoothed, for the ETA
+ms_per_iter, mfu, eval_seconds = None, None, 0.0  # smoothed, for the ETA; and the last evaluation's duration
 t0 = time.time()
 while True:
     lr = get_lr(iter_num)
@@ -250,18 +274,30 @@ while True:
     if eval_only or iter_num == max_iters or (iter_num % eval_interval == 0 and iter_num != start_iter) \
             or (iter_num == 0 and start_iter == 0):
         losses = estimate_loss()
-        improved = losses['val'] < best_val_loss
-        best_val_loss = min(best_val_loss, losses['val'])
-        saved = iter_num > 0 and not eval_only and (improved or always_save_checkpoint) and save(ckpt_path)
-        if rt.master:
-            print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
-                  + (f", saved {ckpt_path}" if saved else ''))
-            metrics.write(event='eval', iter=iter_num, train_loss=losses['train'], val_loss=losses['val'],
-                          lr=lr, saved=saved)
-            if wandb_log:
-                wandb.log({'iter': iter_num, 'train/loss': losses['train'], 'val/loss': losses['val'], 'lr': lr})
+        if not math.isnan(losses['val']):  # NaN: cut short by a stop request
+            improved = losses['val'] < best_val_loss
+            best_val_loss = min(best_val_loss, losses['val'])
+            saved = iter_num > 0 and not eval_only and (improved or always_save_checkpoint) and save(ckpt_path)
+            if rt.master:
+                print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}, " +
+                      (f"saved {ckpt_path}" if saved else f"best {best_val_loss:.4f}, no checkpoint written"))
+                metrics.write(event='eval', iter=iter_num, train_loss=losses['train'], val_loss=losses['val'],
+                              best_val_loss=best_val_loss, lr=lr, saved=saved)
+                if wandb_log:
+                    wandb.log({'iter': iter_num, 'train/loss': losses['train'], 'val/loss': losses['val'],
+                               'lr': lr}, step=iter_num)
+        eval_seconds = time.time() - t0
         t0 = time.time()  # evaluation time is not training time
-    if eval_only or iter_num >= max_iters:
+    if eval_only:
+        break
+    stopped = stop.agreed(rt)  # checked between steps, so a stop always leaves a whole step behind
+    if stopped:
+        stop_path = ckpt_path if always_save_checkpoint else os.path.join(out_dir, common.LAST_NAME)
+        if save(stop_path) and rt.master:
+            print(f"stopped at iteration {iter_num}; saved {stop_path}. Resume with: "
+                  f"python {' '.join(sys.argv)} --init_from=resume", flush=True)
+        break
+    if iter_num >= max_iters:
         break
 
     # one optimizer step over gradient_accumulation_steps micro-batches
@@ -292,21 +328,22 @@ while True:
         print(f"train.py: loss is {lossf} at iteration {iter_num}; stopping without saving. Last good checkpoint: "
               f"{good}. Lower --learning_rate or check the data, then resume from it", file=sys.stderr)
         sys.exit(1)
-    stopped = stop.agreed(rt)
-    if stopped:
-        stop_path = ckpt_path if always_save_checkpoint else os.path.join(out_dir, common.LAST_NAME)
-        if save(stop_path) and rt.master:
-            print(f"stopped at iteration {iter_num}; saved {stop_path}. Resume with: "
-                  f"python {' '.join(sys.argv)} --init_from=resume", flush=True)
-        break
     if iter_num % log_interval == 0 and rt.master:
-        if iter_num - start_iter > 1:  # the first iteration includes warm-up costs
+        if iter_num - start_iter > 1:  # the first iteration pays for warm-up (and compiling): leave it out
             ms_per_iter = dt * 1000 if ms_per_iter is None else 0.9 * ms_per_iter + 0.1 * dt * 1000
-        eta = (max_iters - iter_num) * (ms_per_iter or dt * 1000) / 1000
+            step_mfu = raw_model.estimate_mfu(batch_size * gradient_accumulation_steps, dt, peak_flops) \
+                if peak_flops else None
+            mfu = step_mfu if mfu is None or step_mfu is None else 0.9 * mfu + 0.1 * step_mfu
+        evals_left = (max_iters - 1) // eval_interval - iter_num // eval_interval + 1
+        eta = (max_iters - iter_num) * (ms_per_iter or dt * 1000) / 1000 + evals_left * eval_seconds
         print(f"iter {iter_num}/{max_iters}: loss {lossf:.4f}, lr {lr:.3e}, {dt * 1000:.1f} ms/iter, "
-              f"{tokens_per_iter / dt:,.0f} tok/s, eta {common.format_duration(eta)}")
+              f"{tokens_per_iter / dt:,.0f} tok/s" + (f", mfu {mfu * 100:.1f}%" if mfu else '')
+              + f", eta {common.format_duration(eta)}")
         metrics.write(event='train', iter=iter_num, loss=lossf, lr=lr, ms_per_iter=dt * 1000,
-                      tokens_per_s=tokens_per_iter / dt)
+                      tokens_per_s=tokens_per_iter / dt, mfu=mfu)
+        if wandb_log:
+            wandb.log({'iter': iter_num, 'loss': lossf, 'lr': lr, 'mfu': mfu, 'tokens_per_s': tokens_per_iter / dt},
+                      step=iter_num)
 
 if not stopped:
     last_path = os.path.join(out_dir, common.LAST_NAME)
@@ -317,12 +354,13 @@ if not stopped:
         if rt.master:
             print(f"weights identical on all {rt.world_size} ranks" if len(set(digests)) == 1 else
                   f"WARNING: the ranks' weights differ: {digests}")
-    if rt.master:
-        print(f"done: {iter_num} iterations, best val loss {best_val_loss:.4f}, "
-              f"{common.format_duration(time.time() - run_start)}, {(iter_num - start_iter) * tokens_per_iter:,} "
-              f"tokens this run, {common.peak_memory(rt)}")
-        if os.path.exists(ckpt_path) and not eval_only:
-            print(f"checkpoint: {ckpt_path}; sample from it with: python sample.py --out_dir={out_dir}")
+    if rt.master and not eval_only:
+        print(f"done: {iter_num} iterations in {common.format_duration(time.time() - run_start)}, best val loss "
+              f"{best_val_loss:.4f}, {iter_num * tokens_per_iter:,} tokens seen ({(iter_num - start_iter) * tokens_per_iter:,}"
+              f" in this run), {common.peak_memory(rt)}")
+        if os.path.exists(ckpt_path):
+            print(f"checkpoint: {ckpt_path} (iteration {torch.load(ckpt_path, mmap=True, weights_only=True)['iter_num']}); "
+                  f"sample from it: python sample.py --out_dir={out_dir}; plot the losses: python plot.py --out_dir={out_dir}")
 if rt.master:
     metrics.close()
     if wandb_log:
@@ -334,4 +372,4 @@ if rt.ddp:
     gc.collect()
     torch.distributed.barrier()
     torch.distributed.destroy_process_group()
-sys.exit(stop.exit_code() if stopped else 0)
+sys.exit(stop.exit_code() if stop.requested or stopped else 0)

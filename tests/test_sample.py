@@ -5,7 +5,8 @@ from conftest import assert_one_line_error
 
 
 def samples(stdout):
-    return [s.strip('\n') for s in stdout.split('---------------')[:-1]]
+    """The samples sample.py printed: each is followed by a line of dashes."""
+    return stdout.split('\n---------------\n')[:-1]
 
 
 def test_sample_decodes_with_the_training_vocabulary(run, trained):

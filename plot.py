@@ -1,0 +1,58 @@
+"""
+Plot a run's loss curves from out_dir/metrics.jsonl to a PNG.
+
+$ python plot.py --out_dir=out-shakespeare-char                   # writes out-shakespeare-char/loss.png
+$ python plot.py --out_dir=out-a,out-b --png=compare.png          # several runs on one plot
+
+Training loss at every logged iteration (faint), and train and val loss at every evaluation.
+Needs matplotlib (pip install matplotlib), which nothing else in the repo does.
+"""
+import json
+import os
+
+import common
+from configurator import configure
+
+out_dir = 'out'  # the run to plot; several, comma-separated, share one plot
+png = ''  # where the picture goes; '' means loss.png in the (first) out_dir
+title = ''  # '' means the run names
+configure(globals())
+
+try:
+    import matplotlib
+    matplotlib.use('Agg')  # files only, no display needed
+    import matplotlib.pyplot as plt
+except ImportError:
+    common.fail("plotting needs matplotlib: pip install matplotlib")
+
+runs = [d for d in out_dir.split(',') if d]
+fig, ax = plt.subplots(figsize=(9, 5))
+for i, run in enumerate(runs):
+    path = os.path.join(run, 'metrics.jsonl')
+    try:
+        with open(path) as f:
+            events = [json.loads(line) for line in f if line.strip()]
+    except (OSError, json.JSONDecodeError) as e:
+        common.fail(f"cannot read {path} ({type(e).__name__}): train.py writes it, so train first or fix --out_dir")
+    if not events:
+        common.fail(f"{path} is empty: the run has logged nothing yet")
+    color = f'C{i}'
+    label = run if len(runs) > 1 else ''
+    steps = [e for e in events if e['event'] == 'train']
+    evals = [e for e in events if e['event'] == 'eval']
+    if steps:
+        ax.plot([e['iter'] for e in steps], [e['loss'] for e in steps], color=color, alpha=0.25, linewidth=0.8,
+                label=f"{label} train loss (each logged iteration)".strip())
+    if evals:
+        ax.plot([e['iter'] for e in evals], [e['train_loss'] for e in evals], color=color, linestyle='--',
+                marker='.', label=f"{label} train loss (eval)".strip())
+        ax.plot([e['iter'] for e in evals], [e['val_loss'] for e in evals], color=color, marker='o',
+                label=f"{label} val loss (best {min(e['val_loss'] for e in evals):.4f})".strip())
+ax.set_xlabel('iteration')
+ax.set_ylabel('loss')
+ax.set_title(title or ', '.join(runs))
+ax.grid(alpha=0.3)
+ax.legend()
+png = png or os.path.join(runs[0], 'loss.png')
+fig.savefig(png, dpi=110, bbox_inches='tight')
+print(f"wrote {png}")

@@ -252,15 +252,19 @@ def check_dataset(data_dir, dataset):
             fail(f"{path} is missing, the dataset is not prepared; {hint}")
         if os.path.getsize(path) % 2:
             fail(f"{path} has an odd number of bytes, so it is not uint16 token ids; prepare it again")
-    meta_path = os.path.join(data_dir, 'meta.pkl')
-    if not os.path.exists(meta_path):
+    return read_meta(os.path.join(data_dir, 'meta.pkl'), hint)
+
+
+def read_meta(path, hint="prepare the dataset again"):
+    """A character vocabulary (meta.pkl: vocab_size, stoi, itos), or None where there is none."""
+    if not os.path.exists(path):
         return None
     try:
-        with open(meta_path, 'rb') as f:
+        with open(path, 'rb') as f:
             meta = pickle.load(f)
         int(meta['vocab_size'])
     except Exception as e:
-        fail(f"{meta_path} is unreadable ({type(e).__name__}); prepare the dataset again ({hint})")
+        fail(f"{path} is unreadable ({type(e).__name__}); {hint}")
     return meta
 
 

@@ -9,7 +9,6 @@ Decodes with the character vocabulary the model was trained on (kept in the chec
 the dataset's meta.pkl), and with GPT-2's BPE tokenizer when there is none.
 """
 import os
-import pickle
 
 import torch
 
@@ -53,21 +52,15 @@ if init_from == 'resume':
     checkpoint = common.load_checkpoint(ckpt_path, rt.device)
     model = common.model_from_checkpoint(checkpoint, ckpt_path, dropout=0.0)
     # our checkpoints keep the vocabulary; the original's name the dataset whose meta.pkl has it
-    meta = checkpoint.get('meta')
-    meta_path = os.path.join('data', checkpoint.get('config', {}).get('dataset', ''), 'meta.pkl')
-    if meta is None and checkpoint.get('config', {}).get('dataset') and os.path.exists(meta_path):
-        with open(meta_path, 'rb') as f:
-            meta = pickle.load(f)
+    dataset = checkpoint.get('config', {}).get('dataset')
+    meta = checkpoint.get('meta') or (common.read_meta(os.path.join('data', dataset, 'meta.pkl')) if dataset else None)
     if meta is not None and meta['vocab_size'] != model.config.vocab_size:
         common.fail(f"the checkpoint's vocabulary ({model.config.vocab_size} tokens) differs from its "
                     f"dataset's meta.pkl ({meta['vocab_size']}); was the dataset prepared again since?")
     checkpoint = None  # free the memory
 elif common.is_pretrained(init_from):
     model = common.pretrained_model(init_from)
-    meta_path = os.path.join(init_from, 'meta.pkl')  # export_hf.py keeps a character vocabulary here
-    if os.path.exists(meta_path):
-        with open(meta_path, 'rb') as f:
-            meta = pickle.load(f)
+    meta = common.read_meta(os.path.join(init_from, 'meta.pkl'))  # export_hf.py keeps a character vocabulary here
 else:
     common.fail(f"unknown init_from {init_from!r}; use 'resume' (with --out_dir), a GPT-2 name or a Hugging Face folder")
 encode, decode = common.load_tokenizer(meta)
@@ -81,13 +74,13 @@ start_ids = encode(start)
 if not start_ids:
     common.fail("the prompt is empty; give at least one token with --start")
 x = torch.tensor(start_ids, dtype=torch.long, device=rt.device)[None, ...]
-settings = dict(temperature=temperature, top_k=top_k, use_cache=kv_cache, slide_to=slide_to or model.config.block_size // 2)
+sampling = dict(temperature=temperature, top_k=top_k, use_cache=kv_cache, slide_to=slide_to or model.config.block_size // 2)
 with torch.no_grad(), rt.autocast:
     if num_samples == 1:  # one sample: print it as it is written
         stream = common.TextStream(decode, start_ids)
-        model.generate(x, max_new_tokens, on_token=lambda token: stream.push(token.item()), **settings)
+        model.generate(x, max_new_tokens, on_token=lambda token: stream.push(token.item()), **sampling)
         print('\n---------------')
     else:  # several: all at once, as one batch, then each followed by the original's separator line
-        for sample in model.generate(x.expand(num_samples, -1), max_new_tokens, **settings):
+        for sample in model.generate(x.expand(num_samples, -1), max_new_tokens, **sampling):
             print(decode(sample.tolist()))
             print('---------------')

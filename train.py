@@ -147,7 +147,8 @@ if checkpoint is not None:
         scaler.load_state_dict(checkpoint['scaler'])
 raw_model = model
 if rt.compile:
-    print("compiling the model (takes a minute or so)...") if rt.master else None
+    if rt.master:
+        print("compiling the model (takes a minute or so)...")
     model = torch.compile(model)
 if rt.ddp:
     model = DDP(model, device_ids=[rt.local_rank] if rt.device_type == 'cuda' else None)

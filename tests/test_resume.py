@@ -116,3 +116,12 @@ def test_non_finite_loss_stops_and_keeps_the_good_checkpoint(run, trained):
     assert 'loss is nan at iteration' in message or 'loss is inf at iteration' in message
     assert 'Last good checkpoint: out/ckpt.pt (iteration 30)' in message
     assert (trained / 'ckpt.pt').read_bytes() == before
+
+
+def test_ctrl_c_during_a_long_evaluation_stops_within_a_batch(tmp_path, char_data):
+    proc = start_training(tmp_path, '--eval_iters=100000', '--always_save_checkpoint=False')
+    wait_for(proc.stdout, 'tokens per iteration')  # the start-up block: the first evaluation begins now
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and 'step 0:' not in out  # the evaluation was cut short, not reported
+    assert torch.load(tmp_path / 'out' / 'last.pt', weights_only=True)['iter_num'] == 0

@@ -21,6 +21,8 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
+from model import GPT, PRETRAINED, GPTConfig
+
 CKPT_NAME = 'ckpt.pt'  # the checkpoint train.py writes and sample.py reads, as in the original
 LAST_NAME = 'last.pt'  # the latest state, written when a run is stopped early, for resuming
 MODEL_SHAPE_KEYS = ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias', 'vocab_size')
@@ -114,7 +116,8 @@ def setup_runtime(device, dtype, compile, backend='auto', seed=1337):
             device = 'cuda' if torch.cuda.is_available() else 'cpu'
         if device.startswith('cuda'):
             device = f'cuda:{local_rank}'
-        device = resolve_device(device)
+    device = resolve_device(device)
+    if ddp:
         if device.startswith('mps'):
             fail("DDP is not supported on MPS; use --device=cpu with torchrun, or drop torchrun")
         if backend == 'auto':
@@ -122,7 +125,6 @@ def setup_runtime(device, dtype, compile, backend='auto', seed=1337):
         if device.startswith('cuda'):
             torch.cuda.set_device(device)
         torch.distributed.init_process_group(backend=backend)
-    device = resolve_device(device)
     device_type = torch.device(device).type
     if device_type == 'cpu':
         keep_freed_memory()
@@ -134,17 +136,18 @@ def setup_runtime(device, dtype, compile, backend='auto', seed=1337):
         torch.backends.cudnn.allow_tf32 = True
     return SimpleNamespace(
         ddp=ddp, rank=rank, local_rank=local_rank, world_size=world_size, master=rank == 0,
-        device=device, device_type=device_type, dtype=dtype, ptdtype=ptdtype, backend=backend,
+        device=device, device_type=device_type, dtype=dtype, backend=backend,
         compile=resolve_compile(compile, device_type),
         autocast=nullcontext() if dtype == 'float32' else torch.autocast(device_type, dtype=ptdtype),
     )
 
 
 # dense (no sparsity) peak TFLOPS of common GPUs: (bfloat16/float16 tensor cores, TF32 tensor cores).
-# float32 training uses the TF32 figure, since matmuls run in TF32 here. First match wins.
+# float32 training uses the TF32 figure, since matmuls run in TF32 here. The first name found in the
+# device's name wins; None is a GPU whose figure is not known here (no MFU rather than a wrong one).
 GPU_PEAK_TFLOPS = [
     ('H100 PCIe', (756, 378)), ('H100 NVL', (835, 418)), ('H100', (989, 495)), ('H200', (989, 495)),
-    ('B200', (2250, 1100)), ('A100', (312, 156)), ('A10G', (70, 35)), ('A10', (125, 62.5)),
+    ('B200', (2250, 1100)), ('A100', (312, 156)), ('A10G', None), ('A10', (125, 62.5)),
     ('L40S', (362, 183)), ('L4', (121, 60)), ('RTX 4090', (165, 83)), ('RTX 3090', (71, 36)),
     ('V100', (125, 15.7)), ('T4', (65, 8.1)),
 ]
@@ -156,10 +159,8 @@ def peak_flops(device='cpu', dtype='float32'):
     device_type = torch.device(device).type
     if device_type == 'cuda':
         name = torch.cuda.get_device_name(device)
-        for key, (half, tf32) in GPU_PEAK_TFLOPS:
-            if key in name:
-                return (tf32 if dtype == 'float32' else half) * 1e12
-        return None
+        peaks = next((peaks for key, peaks in GPU_PEAK_TFLOPS if key in name), None)
+        return None if peaks is None else (peaks[1] if dtype == 'float32' else peaks[0]) * 1e12
     if device_type == 'cpu':
         return measured_cpu_flops()
     return None
@@ -406,7 +407,6 @@ def load_checkpoint(path, device='cpu'):
 
 def model_from_checkpoint(checkpoint, path, **overrides):
     """Build the GPT a checkpoint describes and load its weights (dropout may be overridden)."""
-    from model import GPT, GPTConfig  # late import: prepare scripts use this module without torch models
     args = {**checkpoint['model_args'], **checkpoint.get('model_extra_args', {}), **overrides}
     try:
         model = GPT(GPTConfig(**args))
@@ -419,13 +419,11 @@ def model_from_checkpoint(checkpoint, path, **overrides):
 
 
 def is_pretrained(init_from):
-    from model import PRETRAINED
     return init_from in PRETRAINED or os.path.isdir(init_from)
 
 
 def pretrained_model(name_or_dir, dropout=0.0):
     """GPT.from_pretrained with a clear error for each way it can go wrong."""
-    from model import GPT
     try:
         return GPT.from_pretrained(name_or_dir, dict(dropout=dropout))
     except ImportError:

@@ -167,7 +167,8 @@ def get_batch(split, sample_seed):
     starts = torch.randint(len(data) - block_size, (batch_size,), generator=batch_generator).numpy()
     tokens = torch.from_numpy(data[starts[:, None] + np.arange(block_size + 1)].astype(np.int64))
     if tokens.max() >= vocab_size:
-        common.fail(f"{bin_paths[split]} has token ids >= vocab_size ({vocab_size}); prepare the dataset again")
+        common.fail(f"{bin_paths[split]} has token ids >= vocab_size ({vocab_size}); prepare the dataset again",
+                    every_rank=True)  # only this rank's batch found it
     if rt.device_type == 'cuda':  # pinned memory lets the copy overlap with compute
         tokens = tokens.pin_memory().to(rt.device, non_blocking=True)
     else:
@@ -240,6 +241,7 @@ if checkpoint is not None and rt.rank < len(checkpoint.get('rng', [])):
     common.set_rng_state(checkpoint['rng'][rt.rank])  # last: everything above may draw random numbers
 checkpoint = None  # free the memory
 
+stop, stopped = common.GracefulStop(), False  # from here on Ctrl-C / SIGTERM: finish the step, save, exit
 if rt.master:
     processes = f"{rt.world_size} processes (DDP, {rt.backend})" if rt.ddp else "1 process"
     print(f"device {rt.device}, dtype {rt.dtype}, compile {rt.compile}, {processes}")
@@ -261,7 +263,6 @@ if rt.master:
 
 # -----------------------------------------------------------------------------
 # the training loop
-stop, stopped = common.GracefulStop(), False  # Ctrl-C / SIGTERM: finish the step, save, exit
 X, Y = get_batch('train', (iter_num, 0))
 start_iter, run_start = iter_num, time.time()
 ms_per_iter, mfu, eval_seconds = None, None, 0.0  # smoothed, for the ETA; and the last evaluation's duration

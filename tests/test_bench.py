@@ -49,6 +49,8 @@ def test_peak_table(monkeypatch):
     assert common.peak_flops('cuda', 'bfloat16') == 312e12
     monkeypatch.setattr(torch.cuda, 'get_device_name', lambda device=None: 'NVIDIA H100 PCIe')
     assert common.peak_flops('cuda', 'float16') == 756e12
+    monkeypatch.setattr(torch.cuda, 'get_device_name', lambda device=None: 'NVIDIA A10G')
+    assert common.peak_flops('cuda', 'bfloat16') is None  # not the A10's figure
     monkeypatch.setattr(torch.cuda, 'get_device_name', lambda device=None: 'Some Future GPU')
     assert common.peak_flops('cuda', 'bfloat16') is None
 

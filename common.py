@@ -443,7 +443,8 @@ def rng_state():
         'python': random.getstate(),
         'numpy': [np_state[0], np_state[1].tolist(), *np_state[2:]],
         'torch': torch.get_rng_state(),
-        'cuda': torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        # this process's GPU only: asking for every GPU's state would open a context on each of them
+        'cuda': torch.cuda.get_rng_state() if torch.cuda.is_available() and torch.cuda.is_initialized() else None,
     }
 
 
@@ -452,8 +453,8 @@ def set_rng_state(state):
     kind, key, *rest = state['numpy']
     np.random.set_state((kind, np.array(key, dtype=np.uint32), *rest))
     torch.set_rng_state(state['torch'].cpu())
-    if state['cuda'] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state['cuda']])
+    if isinstance(state['cuda'], torch.Tensor) and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state['cuda'].cpu())
 
 
 def latest_checkpoint(out_dir):

@@ -77,3 +77,17 @@ def test_ctrl_c_under_torchrun_saves_the_latest_state(tmp_path, char_data):
     out, _ = proc.communicate(timeout=120)
     stopped_at = int(out.split('stopped at iteration ')[1].split(';')[0])
     assert torch.load(tmp_path / 'out' / 'last.pt', weights_only=True)['iter_num'] == stopped_at >= 50
+
+
+def test_resume_under_ddp_is_exact(tmp_path, char_data):
+    # each rank's own random state (dropout) is saved and restored
+    def torchrun_train(*args):
+        subprocess.run(torchrun(tmp_path, '--standalone', '--nproc_per_node=2') + DDP_RUN
+                       + ['--dropout=0.1', '--always_save_checkpoint=True', '--eval_interval=10', *args],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=240, env=_env(), check=True)
+    torchrun_train('--out_dir=straight', '--max_iters=20')
+    torchrun_train('--out_dir=split', '--max_iters=10')
+    torchrun_train('--out_dir=split', '--max_iters=20', '--init_from=resume')
+    straight = torch.load(tmp_path / 'straight' / 'ckpt.pt', weights_only=True)['model']
+    split = torch.load(tmp_path / 'split' / 'ckpt.pt', weights_only=True)['model']
+    assert all(torch.equal(straight[k], split[k]) for k in straight)

@@ -106,10 +106,8 @@ if mode == 'train':
     def get_batch():
         if not real_data:
             return fixed[:, :-1], fixed[:, 1:]
-        data = np.memmap(train_path, dtype=np.uint16, mode='r')
-        starts = np.random.randint(0, len(data) - block_size, batch_size)
-        tokens = torch.from_numpy(data[starts[:, None] + np.arange(block_size + 1)].astype(np.int64))
-        tokens = tokens.pin_memory().to(rt.device, non_blocking=True) if rt.device_type == 'cuda' else tokens.to(rt.device)
+        starts = np.random.randint(0, os.path.getsize(train_path) // 2 - block_size, batch_size)
+        tokens = common.load_blocks(train_path, starts, block_size, rt)
         return tokens[:, :-1], tokens[:, 1:]
 
     def train_step():

@@ -4,6 +4,7 @@ one-line errors for bad input, device/dtype/DDP setup, datasets on disk, checkpo
 and tokenizers.
 """
 import ctypes
+import functools
 import hashlib
 import json
 import math
@@ -166,22 +167,18 @@ def peak_flops(device='cpu', dtype='float32'):
     return None
 
 
-_cpu_flops = []
-
-
+@functools.lru_cache(maxsize=None)
 def measured_cpu_flops(n=1024, seconds=0.2):
     """float32 matmul FLOP/s of this CPU with torch's threads (measured once per process, ~0.2 s)."""
-    if not _cpu_flops:
-        generator = torch.Generator().manual_seed(0)  # not the global RNG: training's random state is untouched
-        a, b = torch.randn(n, n, generator=generator), torch.randn(n, n, generator=generator)
-        a @ b  # warm up
-        rates, start = [], time.perf_counter()
-        while time.perf_counter() - start < seconds:
-            t = time.perf_counter()
-            a @ b
-            rates.append(2 * n ** 3 / (time.perf_counter() - t))
-        _cpu_flops.append(max(rates))
-    return _cpu_flops[0]
+    generator = torch.Generator().manual_seed(0)  # not the global RNG: training's random state is untouched
+    a, b = torch.randn(n, n, generator=generator), torch.randn(n, n, generator=generator)
+    a @ b  # warm up
+    rates, start = [], time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        t = time.perf_counter()
+        a @ b
+        rates.append(2 * n ** 3 / (time.perf_counter() - t))
+    return max(rates)
 
 
 def all_ranks_mean(value, runtime):
@@ -283,6 +280,17 @@ def check_bins(paths, block_size, vocab_size):
         if tokens * 2 <= FULL_SCAN_BYTES and max_token(path) >= vocab_size:
             fail(f"{path} has token ids >= the model's vocab_size ({vocab_size}); "
                  f"prepare the dataset again or train a model with a larger vocabulary")
+
+
+def load_blocks(path, starts, block_size, runtime):
+    """Blocks of block_size + 1 tokens starting at starts, from a memory-mapped .bin, on the device.
+    The memmap is opened per call, so that pages already read do not pile up in resident memory;
+    on CUDA the copy goes through pinned memory and overlaps with compute."""
+    data = np.memmap(path, dtype=np.uint16, mode='r')
+    tokens = torch.from_numpy(data[np.asarray(starts)[:, None] + np.arange(block_size + 1)].astype(np.int64))
+    if runtime.device_type == 'cuda':
+        return tokens.pin_memory().to(runtime.device, non_blocking=True)
+    return tokens.to(runtime.device)
 
 
 def max_token(path, chunk_tokens=1 << 24):
@@ -466,10 +474,14 @@ def latest_checkpoint(out_dir):
     if not os.path.exists(best):
         return last
     try:
-        iters = [torch.load(p, map_location='cpu', mmap=True, weights_only=True)['iter_num'] for p in (best, last)]
+        return last if checkpoint_iter(last) > checkpoint_iter(best) else best
     except Exception:
         return best  # unreadable: loading it properly gives the clear error
-    return last if iters[1] > iters[0] else best
+
+
+def checkpoint_iter(path):
+    """A checkpoint's iteration, without reading its tensors (memory-mapped)."""
+    return torch.load(path, map_location='cpu', mmap=True, weights_only=True)['iter_num']
 
 
 def weights_digest(model):

@@ -18,7 +18,6 @@ import sys
 import time
 from contextlib import nullcontext
 
-import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -160,19 +159,14 @@ batch_generator = torch.Generator()
 
 def get_batch(split, sample_seed):
     # Each batch is a pure function of its seed (rank, iteration, micro-step): a resumed run sees
-    # the same batches as an uninterrupted one without carrying loader state around. The memmap is
-    # reopened each time so that pages already read do not pile up in resident memory.
-    data = np.memmap(bin_paths[split], dtype=np.uint16, mode='r')
+    # the same batches as an uninterrupted one without carrying loader state around.
     batch_generator.manual_seed(hash((seed, rt.rank) + sample_seed) % 2**63)
-    starts = torch.randint(len(data) - block_size, (batch_size,), generator=batch_generator).numpy()
-    tokens = torch.from_numpy(data[starts[:, None] + np.arange(block_size + 1)].astype(np.int64))
+    n_tokens = os.path.getsize(bin_paths[split]) // 2
+    starts = torch.randint(n_tokens - block_size, (batch_size,), generator=batch_generator).numpy()
+    tokens = common.load_blocks(bin_paths[split], starts, block_size, rt)
     if tokens.max() >= vocab_size:
         common.fail(f"{bin_paths[split]} has token ids >= vocab_size ({vocab_size}); prepare the dataset again",
                     every_rank=True)  # only this rank's batch found it
-    if rt.device_type == 'cuda':  # pinned memory lets the copy overlap with compute
-        tokens = tokens.pin_memory().to(rt.device, non_blocking=True)
-    else:
-        tokens = tokens.to(rt.device)
     return tokens[:, :-1], tokens[:, 1:]
 
 
@@ -211,7 +205,8 @@ def get_lr(it):
 def save(path):
     """Write a checkpoint (rank 0; every rank must call this, for the RNG states)."""
     if not common.all_finite(raw_model):
-        print(f"not saving {path}: the model has non-finite weights") if rt.master else None
+        if rt.master:
+            print(f"not saving {path}: the model has non-finite weights")
         return False
     checkpoint = {
         'model': raw_model.state_dict(), 'optimizer': optimizer.state_dict(), 'model_args': model_args,
@@ -325,7 +320,7 @@ while True:
     dt, t0 = t1 - t0, t1
     lossf = loss.item() * gradient_accumulation_steps  # the last micro-batch's loss; a sync point on GPUs
     if not math.isfinite(lossf):
-        good = f"{ckpt_path} (iteration {torch.load(ckpt_path, mmap=True, weights_only=True)['iter_num']})" \
+        good = f"{ckpt_path} (iteration {common.checkpoint_iter(ckpt_path)})" \
             if os.path.exists(ckpt_path) else "none was written"
         print(f"train.py: loss is {lossf} at iteration {iter_num}; stopping without saving. Last good checkpoint: "
               f"{good}. Lower --learning_rate or check the data, then resume from it", file=sys.stderr)
@@ -361,7 +356,7 @@ if not stopped:
               f"{best_val_loss:.4f}, {iter_num * tokens_per_iter:,} tokens seen ({(iter_num - start_iter) * tokens_per_iter:,}"
               f" in this run), {common.peak_memory(rt)}")
         if os.path.exists(ckpt_path):
-            print(f"checkpoint: {ckpt_path} (iteration {torch.load(ckpt_path, mmap=True, weights_only=True)['iter_num']}); "
+            print(f"checkpoint: {ckpt_path} (iteration {common.checkpoint_iter(ckpt_path)}); "
                   f"sample from it: python sample.py --out_dir={out_dir}; plot the losses: python plot.py --out_dir={out_dir}")
 if rt.master:
     metrics.close()

@@ -54,9 +54,10 @@ seed = 1337
 device = 'auto'
 dtype = 'auto'
 compile = 'auto'
+onednn = 'auto'  # CPU, float32: Linear layers in oneDNN (see train.py)
 config, _ = configure(globals(), lenient_files=True)
 
-rt = common.setup_runtime(device, dtype, compile, seed=seed)
+rt = common.setup_runtime(device, dtype, compile, seed=seed, onednn=onednn)
 if real_data:
     data_dir = os.path.join('data', dataset)
     meta = common.check_dataset(data_dir, dataset)
@@ -68,6 +69,8 @@ try:
                           vocab_size=vocab_size, dropout=dropout)).to(rt.device)
 except ValueError as e:
     common.fail(str(e))
+if rt.onednn:
+    common.use_onednn_linears(model)
 forward = torch.compile(model) if rt.compile else model
 
 
@@ -93,10 +96,10 @@ else:
         names = [line.split(':', 1)[1].strip() for line in f if line.startswith('model name')]
     device_name = f"{names[0] if names else rt.device_type}, {torch.get_num_threads()} threads"
 record = {'bench': mode, 'time': time.strftime('%Y-%m-%d %H:%M:%S'), 'device': rt.device, 'device_name': device_name,
-          'dtype': rt.dtype, 'compile': rt.compile, 'torch': torch.__version__,
+          'dtype': rt.dtype, 'compile': rt.compile, 'onednn': rt.onednn, 'torch': torch.__version__,
           'model': dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, vocab_size=vocab_size),
           'params': model.get_num_params()}
-print(f"{device_name}, {rt.dtype}, compile {rt.compile}: {common.format_count(model.get_num_params())} parameters")
+print(f"{device_name}, {rt.dtype}, compile {rt.compile}{', oneDNN linears' if rt.onednn else ''}: {common.format_count(model.get_num_params())} parameters")
 
 if mode == 'train':
     optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), rt.device_type)

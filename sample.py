@@ -29,6 +29,7 @@ seed = 1337
 device = 'auto'  # 'auto' (cuda, then mps, then cpu), 'cpu', 'cuda', 'cuda:1', 'mps'
 dtype = 'auto'  # 'auto' (bfloat16 on CUDA where supported, else float16; float32 elsewhere), 'float32', 'bfloat16', 'float16'
 compile = 'auto'  # torch.compile the model; 'auto' is on for CUDA only
+onednn = 'auto'  # CPU, float32: Linear layers in oneDNN (see train.py)
 # -----------------------------------------------------------------------------
 configure(globals(), nullable={'top_k'}, echo=None)  # stdout is for the samples alone
 
@@ -44,7 +45,7 @@ if start.startswith('FILE:'):
             start = f.read()
     except (OSError, UnicodeDecodeError) as e:
         common.fail(f"cannot read the prompt file {start[5:]} ({e.strerror if isinstance(e, OSError) else e})")
-rt = common.setup_runtime(device, dtype, compile, seed=seed)
+rt = common.setup_runtime(device, dtype, compile, seed=seed, onednn=onednn)
 
 meta = None  # a character vocabulary; GPT-2 BPE without one
 if init_from == 'resume':
@@ -67,6 +68,8 @@ encode, decode = common.load_tokenizer(meta)
 
 model.eval()
 model.to(rt.device)
+if rt.onednn:
+    common.use_onednn_linears(model)
 if rt.compile:
     model.forward = torch.compile(model.forward)  # generate() calls forward; compile that
 

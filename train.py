@@ -67,6 +67,7 @@ backend = 'auto'  # DDP backend: 'auto' is nccl on CUDA, gloo on CPU
 device = 'auto'  # 'auto' (cuda, then mps, then cpu), 'cpu', 'cuda', 'cuda:1', 'mps'
 dtype = 'auto'  # 'auto' (bfloat16 on CUDA where supported, else float16; float32 elsewhere), 'float32', 'bfloat16', 'float16'
 compile = 'auto'  # torch.compile the model; 'auto' is on for CUDA only
+onednn = 'auto'  # CPU, float32: Linear layers' matmuls in oneDNN (AVX-512 on AMD too, where MKL uses AVX2); 'auto' is on for x86 CPUs
 seed = 1337  # drives the init, the batches and dropout
 # -----------------------------------------------------------------------------
 config, explicit = configure(globals())
@@ -77,7 +78,7 @@ for name in ('batch_size', 'block_size', 'gradient_accumulation_steps', 'eval_in
         common.fail(f"--{name} must be at least 1, not {config[name]}")
 if max_iters < 0 or learning_rate < 0 or min_lr < 0 or warmup_iters < 0:
     common.fail("max_iters, learning_rate, min_lr and warmup_iters cannot be negative")
-rt = common.setup_runtime(device, dtype, compile, backend, seed)
+rt = common.setup_runtime(device, dtype, compile, backend, seed, onednn)
 if gradient_accumulation_steps % rt.world_size:
     common.fail(f"gradient_accumulation_steps ({gradient_accumulation_steps}) must be divisible by the "
                 f"number of DDP processes ({rt.world_size}); change one of them")
@@ -137,6 +138,8 @@ if meta and meta['vocab_size'] != vocab_size:
 common.check_bins(bin_paths, block_size, vocab_size)
 tokens_per_iter = gradient_accumulation_steps * rt.world_size * batch_size * block_size
 model.to(rt.device)
+if rt.onednn:
+    common.use_onednn_linears(model)
 
 scaler = torch.amp.GradScaler(rt.device_type, enabled=rt.dtype == 'float16')  # no-op unless float16
 optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), rt.device_type)
@@ -239,7 +242,7 @@ checkpoint = None  # free the memory
 stop, stopped = common.GracefulStop(), False  # from here on Ctrl-C / SIGTERM: finish the step, save, exit
 if rt.master:
     processes = f"{rt.world_size} processes (DDP, {rt.backend})" if rt.ddp else "1 process"
-    print(f"device {rt.device}, dtype {rt.dtype}, compile {rt.compile}, {processes}")
+    print(f"device {rt.device}, dtype {rt.dtype}, compile {rt.compile}, {processes}{', oneDNN linears' if rt.onednn else ''}")
     print(f"model: {common.format_count(n_params)} parameters ({model_args['n_layer']} layers, {model_args['n_head']} "
           f"heads, {model_args['n_embd']} wide, context {block_size}, vocabulary {vocab_size})")
     print(f"{tokens_per_iter:,} tokens per iteration ({batch_size} sequences x {block_size} tokens x "

@@ -9,8 +9,9 @@ $ python benchmarks/compare_original.py --original=../nanoGPT --pairs=1 --max_it
 The original is a checkout of github.com/karpathy/nanoGPT (it is run, never imported). Both train
 on data/shakespeare_char of this repo (copied into the original's tree). Per run: the median of the
 per-iteration times each script logs (the first 20 iterations and those with an evaluation in them
-left out), and the best val loss; per pair, the ratio of the two medians. One JSON line per run
-goes to the results file.
+left out), the best val loss each script reports (an estimate from eval_iters batches) and the loss
+of its saved checkpoint on the whole val set (every block_size-token block, the same for both);
+per pair, the ratio of the two medians. One JSON line per run goes to the results file.
 """
 import json
 import os
@@ -20,6 +21,9 @@ import statistics
 import subprocess
 import sys
 import time
+
+import numpy as np
+import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import common  # noqa: E402
@@ -70,6 +74,27 @@ def run_ours():
     return times, min(e['val_loss'] for e in events if e['event'] == 'eval')
 
 
+
+
+def whole_val_loss(block_size=64, blocks_per_batch=256):
+    """Mean cross-entropy of out_dir/ckpt.pt over every block of val.bin (both scripts save there;
+    None when a run too short to evaluate saved nothing)."""
+    path = os.path.join(out_dir, 'ckpt.pt')
+    if not os.path.exists(path):
+        return None
+    model = common.model_from_checkpoint(common.load_checkpoint(path), path).eval()
+    val = np.fromfile(os.path.join(data, 'val.bin'), dtype=np.uint16).astype(np.int64)
+    n_blocks = (len(val) - 1) // block_size
+    inputs = torch.from_numpy(val[:n_blocks * block_size]).view(n_blocks, block_size)
+    targets = torch.from_numpy(val[1:n_blocks * block_size + 1]).view(n_blocks, block_size)
+    total = 0.0
+    with torch.no_grad():
+        for i in range(0, n_blocks, blocks_per_batch):
+            _, loss = model(inputs[i:i + blocks_per_batch], targets[i:i + blocks_per_batch])
+            total += loss.item() * len(inputs[i:i + blocks_per_batch])
+    return round(total / n_blocks, 4)
+
+
 ratios = []
 for pair in range(pairs):
     medians = {}
@@ -77,10 +102,11 @@ for pair in range(pairs):
         shutil.rmtree(out_dir, ignore_errors=True)
         start = time.time()
         times, best_val = runner()
-        medians[name] = statistics.median(times)
+        medians[name], wall = statistics.median(times), time.time() - start
         record = {'bench': 'compare_original', 'run': name, 'pair': pair, 'max_iters': max_iters,
                   'median_ms_per_iter': round(medians[name], 2), 'best_val_loss': round(best_val, 4),
-                  'wall_s': round(time.time() - start, 1), 'compile': ours_compile if name == 'ours' else False,
+                  'whole_val_loss': whole_val_loss(),
+                  'wall_s': round(wall, 1), 'compile': ours_compile if name == 'ours' else False,
                   'extra': extra}
         print(json.dumps(record), flush=True)
         with open(results_file, 'a') as f:

@@ -100,7 +100,8 @@ def test_help_lists_every_setting_with_its_default(run):
 
 
 def test_original_config_files_load(run, tmp_path):
-    # --help after a config file shows the values it set: every shipped config is valid
-    for config_file in sorted((REPO / 'config').glob('*.py')):
-        result = run('train.py', f'config/{config_file.name}', '--help', cwd=REPO)
-        assert 'settings' in result.stdout
+    # every shipped config is valid: each file is checked as it applies, so one run checks them all
+    config_files = sorted(f'config/{path.name}' for path in (REPO / 'config').glob('*.py'))
+    assert len(config_files) >= 8
+    result = run('train.py', *config_files, '--help', cwd=REPO)
+    assert 'settings' in result.stdout

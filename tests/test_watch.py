@@ -62,9 +62,9 @@ def test_one_sample_is_streamed_as_it_is_generated(trained, tmp_path):
                             cwd=tmp_path, stdout=subprocess.PIPE, text=True, env=_env())
     first = proc.stdout.read(20)
     still_running = proc.poll() is None  # the first text arrived long before the sample was finished
-    rest = proc.stdout.read()
-    proc.wait(timeout=120)
-    assert still_running and first.startswith('the') and len(first + rest) > 20000
+    proc.kill()
+    proc.wait(timeout=60)
+    assert still_running and first.startswith('the')
 
 
 @needs_bpe

@@ -1,0 +1,95 @@
+"""oneDNN linears on the CPU: nn.Linear's numbers (outputs and all gradients), faster matmuls."""
+import copy
+
+import pytest
+import torch
+
+import common
+from conftest import TINY_MODEL, assert_one_line_error
+from model import GPT, GPTConfig
+
+needs_onednn = pytest.mark.skipif(not common.resolve_onednn('auto', 'cpu', 'float32'),
+                                  reason="oneDNN linears are for x86-64 CPUs with a torch built with oneDNN")
+
+
+@needs_onednn
+@pytest.mark.parametrize('bias', [True, False])
+@pytest.mark.parametrize('shape', [(4, 16, 32), (5, 32), (3, 1, 32)])  # training, 2-D input, one token at a time
+def test_onednn_linear_gives_nn_linear_outputs_and_gradients(bias, shape):
+    torch.manual_seed(0)
+    reference = torch.nn.Linear(32, 48, bias=bias)
+    fast = common.use_onednn_linears(copy.deepcopy(reference))
+    x = torch.randn(*shape)
+    grad_out = torch.randn(*shape[:-1], 48)
+    results = []
+    for layer in (reference, fast):
+        x_in = x.clone().requires_grad_()
+        y = layer(x_in)
+        y.backward(grad_out)
+        results.append([y, x_in.grad, layer.weight.grad] + ([layer.bias.grad] if bias else []))
+    for expected, got in zip(*results):
+        assert got.shape == expected.shape and got.is_contiguous()
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@needs_onednn
+def test_strided_inputs_and_broadcast_gradients():
+    # a transposed view in, and y.sum()'s gradient, which is one value broadcast (stride 0)
+    torch.manual_seed(0)
+    reference = torch.nn.Linear(32, 48)
+    fast = common.use_onednn_linears(copy.deepcopy(reference))
+    x = torch.randn(16, 4, 32)
+    results = []
+    for layer in (reference, fast):
+        x_in = x.clone().requires_grad_()
+        y = layer(x_in.transpose(0, 1))
+        y.sum().backward()
+        results.append([y, x_in.grad, layer.weight.grad, layer.bias.grad])
+    for expected, got in zip(*results):
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@needs_onednn
+def test_frozen_weights_get_no_gradient():
+    layer = common.use_onednn_linears(torch.nn.Linear(8, 4))
+    layer.weight.requires_grad_(False)
+    x = torch.randn(3, 8, requires_grad=True)
+    layer(x).sum().backward()
+    assert layer.weight.grad is None and x.grad is not None and layer.bias.grad is not None
+
+
+@needs_onednn
+def test_a_gpt_trains_the_same_with_onednn_linears():
+    torch.manual_seed(0)
+    models = [GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=65, dropout=0.0))]
+    models.append(common.use_onednn_linears(copy.deepcopy(models[0])))
+    assert models[0].state_dict().keys() == models[1].state_dict().keys()  # checkpoints are unchanged
+    optimizers = [m.configure_optimizers(0.1, 1e-2, (0.9, 0.99), 'cpu') for m in models]
+    data = (torch.randint(65, (30, 4, 1)) + torch.arange(17)) % 65  # counting: learnable in a few steps
+    losses = [[], []]
+    for batch in data:
+        for model, optimizer, history in zip(models, optimizers, losses):
+            _, loss = model(batch[:, :-1], batch[:, 1:])
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            history.append(loss.item())
+    assert losses[0][-1] < losses[0][0] - 1.0  # it learned something
+    assert losses[1] == pytest.approx(losses[0], abs=1e-4)
+    for a, b in zip(models[0].parameters(), models[1].parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+@needs_onednn
+def test_train_uses_onednn_on_the_cpu_and_can_be_switched_off(run, char_data):
+    on = run('train.py', '--dataset=tiny', *TINY_MODEL, '--max_iters=2', '--eval_interval=2', '--out_dir=on')
+    off = run('train.py', '--dataset=tiny', *TINY_MODEL, '--max_iters=2', '--eval_interval=2', '--out_dir=off',
+              '--onednn=False')
+    assert 'oneDNN linears' in on.stdout and 'oneDNN linears' not in off.stdout
+
+
+def test_onednn_settings_that_cannot_work_are_one_line_errors(run, char_data):
+    for bad, says in (('--onednn=maybe', 'auto, True or False'), ('--onednn=True --dtype=bfloat16', 'float32')):
+        assert_one_line_error(run('train.py', '--dataset=tiny', *TINY_MODEL, *bad.split(), '--max_iters=1', expect=None),
+                              says)
+

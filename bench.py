@@ -66,11 +66,10 @@ if real_data:
 vocab_size = vocab_size or 50304
 try:
     model = GPT(GPTConfig(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, bias=bias,
-                          vocab_size=vocab_size, dropout=dropout)).to(rt.device)
+                          vocab_size=vocab_size, dropout=dropout))
 except ValueError as e:
     common.fail(str(e))
-if rt.onednn:
-    common.use_onednn_linears(model)
+common.place_model(model, rt)
 forward = torch.compile(model) if rt.compile else model
 
 

@@ -118,6 +118,11 @@ def resolve_onednn(onednn, device_type, dtype, compile=False):
     return onednn
 
 
+def onednn_linear(x, weight, bias=None):
+    """x @ weight.T + bias in oneDNN (PyTorch's CPU linear op without post-ops)."""
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, 'none', [], '')
+
+
 class OneDNNLinear(torch.autograd.Function):
     """nn.Linear's math, with all three of its matmuls in oneDNN.
 
@@ -134,7 +139,7 @@ class OneDNNLinear(torch.autograd.Function):
     def forward(ctx, x, weight, bias):
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
-        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, 'none', [], '')
+        return onednn_linear(x, weight, bias)
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -143,7 +148,7 @@ class OneDNNLinear(torch.autograd.Function):
         grad = grad_out.reshape(rows, n_out).contiguous()
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
-            grad_x = torch.ops.mkldnn._linear_pointwise(grad_out, weight.t(), None, 'none', [], '')
+            grad_x = onednn_linear(grad_out, weight.t())
         if ctx.needs_input_grad[1]:
             as_image = lambda t, channels: t.t().reshape(1, channels, 1, rows)  # (rows, C) read as NCHW channels-last
             weight_shape = torch.empty(n_out, n_in, 1, 1, memory_format=torch.channels_last)  # only its shape is read
@@ -165,6 +170,12 @@ def use_onednn_linears(model):
         if type(module) is torch.nn.Linear:
             module.forward = functools.partial(onednn_linear_forward, module)
     return model
+
+
+def place_model(model, runtime):
+    """model on the runtime's device, its Linear layers in oneDNN where the runtime says so."""
+    model.to(runtime.device)
+    return use_onednn_linears(model) if runtime.onednn else model
 
 
 def setup_runtime(device, dtype, compile, backend='auto', seed=1337, onednn='auto'):
@@ -241,7 +252,7 @@ def measured_cpu_flops(n=1024, seconds=0.1):
     a, b = torch.randn(n, n, generator=generator), torch.randn(n, n, generator=generator)
     matmuls = [lambda: a @ b]
     if resolve_onednn('auto', 'cpu', 'float32'):
-        matmuls.append(lambda: torch.ops.mkldnn._linear_pointwise(a, b, None, 'none', [], ''))
+        matmuls.append(lambda: onednn_linear(a, b))
     rates = []
     for matmul in matmuls:
         matmul()  # warm up

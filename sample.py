@@ -67,9 +67,7 @@ else:
 encode, decode = common.load_tokenizer(meta)
 
 model.eval()
-model.to(rt.device)
-if rt.onednn:
-    common.use_onednn_linears(model)
+common.place_model(model, rt)
 if rt.compile:
     model.forward = torch.compile(model.forward)  # generate() calls forward; compile that
 

@@ -137,9 +137,7 @@ if meta and meta['vocab_size'] != vocab_size:
                 f"({meta['vocab_size']}); train on the dataset the checkpoint was made for")
 common.check_bins(bin_paths, block_size, vocab_size)
 tokens_per_iter = gradient_accumulation_steps * rt.world_size * batch_size * block_size
-model.to(rt.device)
-if rt.onednn:
-    common.use_onednn_linears(model)
+common.place_model(model, rt)
 
 scaler = torch.amp.GradScaler(rt.device_type, enabled=rt.dtype == 'float16')  # no-op unless float16
 optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), rt.device_type)

@@ -75,7 +75,6 @@ def run_ours():
 
 
 
-
 def whole_val_loss(block_size=64, blocks_per_batch=256):
     """Mean cross-entropy of out_dir/ckpt.pt over every block of val.bin (both scripts save there;
     None when a run too short to evaluate saved nothing)."""
@@ -90,8 +89,9 @@ def whole_val_loss(block_size=64, blocks_per_batch=256):
     total = 0.0
     with torch.no_grad():
         for i in range(0, n_blocks, blocks_per_batch):
-            _, loss = model(inputs[i:i + blocks_per_batch], targets[i:i + blocks_per_batch])
-            total += loss.item() * len(inputs[i:i + blocks_per_batch])
+            batch = slice(i, i + blocks_per_batch)
+            _, loss = model(inputs[batch], targets[batch])
+            total += loss.item() * len(inputs[batch])
     return round(total / n_blocks, 4)
 
 

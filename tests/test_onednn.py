@@ -16,18 +16,8 @@ needs_onednn = pytest.mark.skipif(not common.resolve_onednn('auto', 'cpu', 'floa
 @pytest.mark.parametrize('bias', [True, False])
 @pytest.mark.parametrize('shape', [(4, 16, 32), (5, 32), (3, 1, 32)])  # training, 2-D input, one token at a time
 def test_onednn_linear_gives_nn_linear_outputs_and_gradients(bias, shape):
-    torch.manual_seed(0)
-    reference = torch.nn.Linear(32, 48, bias=bias)
-    fast = common.use_onednn_linears(copy.deepcopy(reference))
-    x = torch.randn(*shape)
-    grad_out = torch.randn(*shape[:-1], 48)
-    results = []
-    for layer in (reference, fast):
-        x_in = x.clone().requires_grad_()
-        y = layer(x_in)
-        y.backward(grad_out)
-        results.append([y, x_in.grad, layer.weight.grad] + ([layer.bias.grad] if bias else []))
-    for expected, got in zip(*results):
+    grad_out = torch.randn(*shape[:-1], 48, generator=torch.Generator().manual_seed(1))
+    for expected, got in zip(*outputs_and_gradients(shape, bias, lambda x: x, lambda y: y.backward(grad_out))):
         assert got.shape == expected.shape and got.is_contiguous()
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
@@ -35,18 +25,24 @@ def test_onednn_linear_gives_nn_linear_outputs_and_gradients(bias, shape):
 @needs_onednn
 def test_strided_inputs_and_broadcast_gradients():
     # a transposed view in, and y.sum()'s gradient, which is one value broadcast (stride 0)
+    transposed = lambda x: x.transpose(0, 1)
+    for expected, got in zip(*outputs_and_gradients((16, 4, 32), True, transposed, lambda y: y.sum().backward())):
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def outputs_and_gradients(shape, bias, view, backward):
+    """[y, x.grad, weight.grad(, bias.grad)] of nn.Linear(32, 48) and of its oneDNN copy, same x."""
     torch.manual_seed(0)
-    reference = torch.nn.Linear(32, 48)
+    reference = torch.nn.Linear(32, 48, bias=bias)
     fast = common.use_onednn_linears(copy.deepcopy(reference))
-    x = torch.randn(16, 4, 32)
+    x = torch.randn(*shape)
     results = []
     for layer in (reference, fast):
         x_in = x.clone().requires_grad_()
-        y = layer(x_in.transpose(0, 1))
-        y.sum().backward()
-        results.append([y, x_in.grad, layer.weight.grad, layer.bias.grad])
-    for expected, got in zip(*results):
-        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+        y = layer(view(x_in))
+        backward(y)
+        results.append([y, x_in.grad, layer.weight.grad] + ([layer.bias.grad] if bias else []))
+    return results
 
 
 @needs_onednn
@@ -92,4 +88,3 @@ def test_onednn_settings_that_cannot_work_are_one_line_errors(run, char_data):
     for bad, says in (('--onednn=maybe', 'auto, True or False'), ('--onednn=True --dtype=bfloat16', 'float32')):
         assert_one_line_error(run('train.py', '--dataset=tiny', *TINY_MODEL, *bad.split(), '--max_iters=1', expect=None),
                               says)
-

@@ -20,9 +20,12 @@ import time
 import numpy as np
 import torch
 
-import common
+import data_files
+import errors
+import report
+import runtime
 from configurator import configure
-from model import GPT, GPTConfig
+from model import GPT, GPTConfig, KVCache
 
 mode = 'train'  # 'train' times optimizer steps; 'generate' times sampling with and without the KV cache
 # the model and batch (the training configs set these)
@@ -57,20 +60,24 @@ compile = 'auto'
 onednn = 'auto'  # CPU, float32: Linear layers in oneDNN (see train.py)
 config, _ = configure(globals(), lenient_files=True)
 
-rt = common.setup_runtime(device, dtype, compile, seed=seed, onednn=onednn)
+if mode == 'generate' and compile == 'auto':
+    compile = False  # as in sample.py: a growing KV cache makes torch.compile recompile (BENCHMARKS.md)
+rt = runtime.setup_runtime(device, dtype, compile, seed=seed, onednn=onednn)
 if real_data:
     data_dir = os.path.join('data', dataset)
-    meta = common.check_dataset(data_dir, dataset)
-    train_path = common.dataset_paths(data_dir)['train']
+    meta = data_files.check_dataset(data_dir, dataset)
+    train_path = data_files.dataset_paths(data_dir)['train']
     vocab_size = vocab_size or (meta['vocab_size'] if meta else 50304)
 vocab_size = vocab_size or 50304
 try:
     model = GPT(GPTConfig(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, bias=bias,
                           vocab_size=vocab_size, dropout=dropout))
 except ValueError as e:
-    common.fail(str(e))
-common.place_model(model, rt)
+    errors.fail(str(e))
+runtime.place_model(model, rt, rows=batch_size * block_size if mode == 'train' else 1, backward=mode == 'train')
 forward = torch.compile(model) if rt.compile else model
+if rt.compile and mode == 'generate':
+    model.forward = torch.compile(model.forward)  # what sample.py compiles: generate() calls forward
 
 
 def synchronize():
@@ -98,7 +105,7 @@ record = {'bench': mode, 'time': time.strftime('%Y-%m-%d %H:%M:%S'), 'device': r
           'dtype': rt.dtype, 'compile': rt.compile, 'onednn': rt.onednn, 'torch': torch.__version__,
           'model': dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, vocab_size=vocab_size),
           'params': model.get_num_params()}
-print(f"{device_name}, {rt.dtype}, compile {rt.compile}{', oneDNN linears' if rt.onednn else ''}: {common.format_count(model.get_num_params())} parameters")
+print(f"{device_name}, {rt.dtype}, compile {rt.compile}{runtime.describe_linears(rt)}: {report.format_count(model.get_num_params())} parameters")
 
 if mode == 'train':
     optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), rt.device_type)
@@ -109,7 +116,7 @@ if mode == 'train':
         if not real_data:
             return fixed[:, :-1], fixed[:, 1:]
         starts = np.random.randint(0, os.path.getsize(train_path) // 2 - block_size, batch_size)
-        tokens = common.load_blocks(train_path, starts, block_size, rt)
+        tokens = data_files.load_blocks(train_path, starts, block_size, rt)
         return tokens[:, :-1], tokens[:, 1:]
 
     def train_step():
@@ -149,13 +156,14 @@ if mode == 'train':
         print("trace written to bench_log/ (open it in Perfetto or chrome://tracing)")
     median = statistics.median(times)
     tokens = batch_size * block_size * gradient_accumulation_steps
-    peak = common.peak_flops(rt.device, rt.dtype)
+    peak = runtime.peak_flops(rt.device, rt.dtype)
     mfu = model.estimate_mfu(batch_size * gradient_accumulation_steps, median, peak) if peak else None
     record.update(batch_size=batch_size, gradient_accumulation_steps=gradient_accumulation_steps, real_data=real_data,
                   profiled=profile, median_ms=round(median * 1000, 3), p10_ms=round(np.percentile(times, 10) * 1000, 3),
                   p90_ms=round(np.percentile(times, 90) * 1000, 3), tokens_per_s=round(tokens / median),
                   peak_tflops=round(peak / 1e12, 2) if peak else None, mfu=round(mfu, 4) if mfu else None,
-                  loss=round(loss.item() * gradient_accumulation_steps, 4), page_faults_per_iter=round(faults, 1))
+                  loss=round(loss.item() * gradient_accumulation_steps, 4), page_faults_per_iter=round(faults, 1),
+                  **runtime.peak_memory_gb(rt))
     print(f"median {median * 1000:.2f} ms/iter (p10 {record['p10_ms']:.2f}, p90 {record['p90_ms']:.2f}) over "
           f"{bench_iters} iterations, {tokens / median:,.0f} tokens/s"
           + (f", MFU {mfu * 100:.1f}% of {peak / 1e12:.3g} TFLOPS" if mfu else ", MFU unknown (no peak for this device)"))
@@ -172,16 +180,26 @@ elif mode == 'generate':
                                                        use_cache=use_cache, slide_to=slide_to or block_size // 2))
                 times[use_cache].append(dt)
                 outputs[use_cache] = out
+        # Equal tokens both ways hold where both paths round alike (CPU float32); bfloat16 or TF32
+        # kernels may round a cached step differently, so compare the logits as well: every position
+        # of a generated sequence at once, against one token at a time through the cache.
+        sequence = outputs[True][:, :block_size]
+        whole = model(sequence, sequence)[0]
+        caches = [KVCache() for _ in model.transformer.h]
+        stepwise = torch.cat([model(sequence[:, [i]], kv_caches=caches)[0] for i in range(sequence.size(1))], dim=1)
+        logit_gap = (whole.float() - stepwise.float()).abs().max().item()
     cached, uncached = statistics.median(times[True]), statistics.median(times[False])
     record.update(max_new_tokens=max_new_tokens, repeats=repeats, slide_to=slide_to,
                   kv_cache_tokens_per_s=round(max_new_tokens / cached, 1),
                   no_cache_tokens_per_s=round(max_new_tokens / uncached, 1), speedup=round(uncached / cached, 3),
-                  same_tokens=bool(torch.equal(outputs[True], outputs[False])))
+                  same_tokens=bool(torch.equal(outputs[True], outputs[False])), max_logit_diff=logit_gap,
+                  compiled_graphs=torch._dynamo.utils.counters['stats']['unique_graphs'] if rt.compile else None)
     print(f"{max_new_tokens} new tokens: KV cache {max_new_tokens / cached:,.1f} tokens/s, without "
           f"{max_new_tokens / uncached:,.1f} tokens/s: {uncached / cached:.2f}x (median of {repeats}); "
-          f"same tokens: {record['same_tokens']}")
+          f"same tokens: {record['same_tokens']}, logits cached vs whole within {logit_gap:.2g}"
+          + (f", {record['compiled_graphs']} compiled graphs" if rt.compile else ''))
 else:
-    common.fail(f"unknown mode {mode!r}; use 'train' or 'generate'")
+    errors.fail(f"unknown mode {mode!r}; use 'train' or 'generate'")
 
 with open(results_file, 'a') as f:
     f.write(json.dumps(record) + '\n')

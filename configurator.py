@@ -18,7 +18,7 @@ import os
 import sys
 import tokenize
 
-from common import fail
+from errors import fail
 
 SIMPLE_TYPES = (bool, int, float, str, type(None))
 

@@ -15,7 +15,8 @@ import pickle
 
 import torch
 
-import common
+import checkpoints
+import errors
 from configurator import configure
 from model import HF_TRANSPOSED
 
@@ -24,13 +25,13 @@ export_dir = ''  # where the Hugging Face folder goes; '' means out_dir/hf
 configure(globals())
 
 export_dir = export_dir or os.path.join(out_dir, 'hf')
-ckpt_path = os.path.join(out_dir, common.CKPT_NAME)
-checkpoint = common.load_checkpoint(ckpt_path)
-model = common.model_from_checkpoint(checkpoint, ckpt_path)
+ckpt_path = os.path.join(out_dir, checkpoints.CKPT_NAME)
+checkpoint = checkpoints.load_checkpoint(ckpt_path)
+model = checkpoints.model_from_checkpoint(checkpoint, ckpt_path)
 try:
     from transformers import GPT2Config, GPT2LMHeadModel
 except ImportError:
-    common.fail("exporting needs transformers: pip install transformers")
+    errors.fail("exporting needs transformers: pip install transformers")
 
 c = model.config
 eot = 50256  # GPT-2's <|endoftext|>, only meaningful with its vocabulary

@@ -243,15 +243,9 @@ class GPT(nn.Module):
         cfg = self.config
         return 6 * self.get_num_params() + 12 * cfg.n_layer * cfg.n_embd * cfg.block_size
 
-    def estimate_mfu(self, fwdbwd_per_iter, dt, peak_flops=None):
-        """Model FLOPs utilisation: achieved FLOP/s over the device's peak. By default the peak is
-        looked up for the device the model is on (common.peak_flops: a table of GPUs in bfloat16, a
-        measured matmul rate on a CPU); None when it is unknown."""
-        if peak_flops is None:
-            from common import peak_flops as lookup  # device knowledge lives with the device plumbing
-            peak_flops = lookup(self.lm_head.weight.device, 'bfloat16')
-            if peak_flops is None:
-                return None
+    def estimate_mfu(self, fwdbwd_per_iter, dt, peak_flops):
+        """Model FLOPs utilisation: achieved FLOP/s over the device's peak FLOP/s (runtime.peak_flops
+        knows devices; the model does not)."""
         flops_per_iter = self.flops_per_token() * self.config.block_size * fwdbwd_per_iter
         return flops_per_iter / dt / peak_flops
 

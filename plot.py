@@ -10,7 +10,7 @@ Needs matplotlib (pip install matplotlib), which nothing else in the repo does.
 import json
 import os
 
-import common
+import errors
 from configurator import configure
 
 out_dir = 'out'  # the run to plot; several, comma-separated, share one plot
@@ -23,7 +23,7 @@ try:
     matplotlib.use('Agg')  # files only, no display needed
     import matplotlib.pyplot as plt
 except ImportError:
-    common.fail("plotting needs matplotlib: pip install matplotlib")
+    errors.fail("plotting needs matplotlib: pip install matplotlib")
 
 runs = [d for d in out_dir.split(',') if d]
 fig, ax = plt.subplots(figsize=(9, 5))
@@ -33,9 +33,9 @@ for i, run in enumerate(runs):
         with open(path) as f:
             events = [json.loads(line) for line in f if line.strip()]
     except (OSError, json.JSONDecodeError) as e:
-        common.fail(f"cannot read {path} ({type(e).__name__}): train.py writes it, so train first or fix --out_dir")
+        errors.fail(f"cannot read {path} ({type(e).__name__}): train.py writes it, so train first or fix --out_dir")
     if not events:
-        common.fail(f"{path} is empty: the run has logged nothing yet")
+        errors.fail(f"{path} is empty: the run has logged nothing yet")
     color = f'C{i}'
     label = run if len(runs) > 1 else ''
     steps = [e for e in events if e['event'] == 'train']

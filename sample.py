@@ -12,7 +12,11 @@ import os
 
 import torch
 
-import common
+import checkpoints
+import data_files
+import errors
+import runtime
+import tokenizer
 from configurator import configure
 
 # -----------------------------------------------------------------------------
@@ -28,57 +32,57 @@ slide_to = 0  # past block_size keep the last slide_to tokens: 0 is block_size//
 seed = 1337
 device = 'auto'  # 'auto' (cuda, then mps, then cpu), 'cpu', 'cuda', 'cuda:1', 'mps'
 dtype = 'auto'  # 'auto' (bfloat16 on CUDA where supported, else float16; float32 elsewhere), 'float32', 'bfloat16', 'float16'
-compile = 'auto'  # torch.compile the model; 'auto' is on for CUDA only
+compile = False  # torch.compile the model: it recompiles as the KV cache grows, so eager is faster here (BENCHMARKS.md)
 onednn = 'auto'  # CPU, float32: Linear layers in oneDNN (see train.py)
 # -----------------------------------------------------------------------------
 configure(globals(), nullable={'top_k'}, echo=None)  # stdout is for the samples alone
 
 if temperature <= 0:
-    common.fail(f"--temperature must be greater than 0, not {temperature}")
+    errors.fail(f"--temperature must be greater than 0, not {temperature}")
 if top_k is not None and top_k < 1:
-    common.fail(f"--top_k must be at least 1 (or None for no limit), not {top_k}")
+    errors.fail(f"--top_k must be at least 1 (or None for no limit), not {top_k}")
 if num_samples < 1 or max_new_tokens < 0:
-    common.fail("--num_samples must be at least 1 and --max_new_tokens at least 0")
+    errors.fail("--num_samples must be at least 1 and --max_new_tokens at least 0")
 if start.startswith('FILE:'):
     try:
         with open(start[5:], encoding='utf-8') as f:
             start = f.read()
     except (OSError, UnicodeDecodeError) as e:
-        common.fail(f"cannot read the prompt file {start[5:]} ({e.strerror if isinstance(e, OSError) else e})")
-rt = common.setup_runtime(device, dtype, compile, seed=seed, onednn=onednn)
+        errors.fail(f"cannot read the prompt file {start[5:]} ({e.strerror if isinstance(e, OSError) else e})")
+rt = runtime.setup_runtime(device, dtype, compile, seed=seed, onednn=onednn)
 
 meta = None  # a character vocabulary; GPT-2 BPE without one
 if init_from == 'resume':
-    ckpt_path = os.path.join(out_dir, common.CKPT_NAME)
-    checkpoint = common.load_checkpoint(ckpt_path, rt.device)
-    model = common.model_from_checkpoint(checkpoint, ckpt_path, dropout=0.0)
+    ckpt_path = os.path.join(out_dir, checkpoints.CKPT_NAME)
+    checkpoint = checkpoints.load_checkpoint(ckpt_path, rt.device)
+    model = checkpoints.model_from_checkpoint(checkpoint, ckpt_path, dropout=0.0)
     # our checkpoints keep the vocabulary; the original's name the dataset whose meta.pkl has it
     dataset = checkpoint.get('config', {}).get('dataset')
-    meta = checkpoint.get('meta') or (common.read_meta(os.path.join('data', dataset, 'meta.pkl')) if dataset else None)
+    meta = checkpoint.get('meta') or (data_files.read_meta(os.path.join('data', dataset, 'meta.pkl')) if dataset else None)
     if meta is not None and meta['vocab_size'] != model.config.vocab_size:
-        common.fail(f"the checkpoint's vocabulary ({model.config.vocab_size} tokens) differs from its "
+        errors.fail(f"the checkpoint's vocabulary ({model.config.vocab_size} tokens) differs from its "
                     f"dataset's meta.pkl ({meta['vocab_size']}); was the dataset prepared again since?")
     checkpoint = None  # free the memory
-elif common.is_pretrained(init_from):
-    model = common.pretrained_model(init_from)
-    meta = common.read_meta(os.path.join(init_from, 'meta.pkl'))  # export_hf.py keeps a character vocabulary here
+elif checkpoints.is_pretrained(init_from):
+    model = checkpoints.pretrained_model(init_from)
+    meta = data_files.read_meta(os.path.join(init_from, 'meta.pkl'))  # export_hf.py keeps a character vocabulary here
 else:
-    common.fail(f"unknown init_from {init_from!r}; use 'resume' (with --out_dir), a GPT-2 name or a Hugging Face folder")
-encode, decode = common.load_tokenizer(meta)
+    errors.fail(f"unknown init_from {init_from!r}; use 'resume' (with --out_dir), a GPT-2 name or a Hugging Face folder")
+encode, decode = tokenizer.load_tokenizer(meta)
 
 model.eval()
-common.place_model(model, rt)
+runtime.place_model(model, rt, rows=num_samples, backward=False)  # generation: a few rows, forward only
 if rt.compile:
     model.forward = torch.compile(model.forward)  # generate() calls forward; compile that
 
 start_ids = encode(start)
 if not start_ids:
-    common.fail("the prompt is empty; give at least one token with --start")
+    errors.fail("the prompt is empty; give at least one token with --start")
 x = torch.tensor(start_ids, dtype=torch.long, device=rt.device)[None, ...]
 sampling = dict(temperature=temperature, top_k=top_k, use_cache=kv_cache, slide_to=slide_to or model.config.block_size // 2)
 with torch.no_grad(), rt.autocast:
     if num_samples == 1:  # one sample: print it as it is written
-        stream = common.TextStream(decode, start_ids)
+        stream = tokenizer.TextStream(decode, start_ids)
         model.generate(x, max_new_tokens, on_token=lambda token: stream.push(token.item()), **sampling)
         print('\n---------------')
     else:  # several: all at once, as one batch, then each followed by the original's separator line

@@ -21,7 +21,12 @@ from contextlib import nullcontext
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-import common
+import checkpoints
+import data_files
+import errors
+import parallel
+import report
+import runtime
 from configurator import configure
 from model import GPT, GPTConfig
 
@@ -75,21 +80,21 @@ config, explicit = configure(globals())
 
 for name in ('batch_size', 'block_size', 'gradient_accumulation_steps', 'eval_interval', 'eval_iters', 'log_interval'):
     if config[name] < 1:
-        common.fail(f"--{name} must be at least 1, not {config[name]}")
+        errors.fail(f"--{name} must be at least 1, not {config[name]}")
 if max_iters < 0 or learning_rate < 0 or min_lr < 0 or warmup_iters < 0:
-    common.fail("max_iters, learning_rate, min_lr and warmup_iters cannot be negative")
-rt = common.setup_runtime(device, dtype, compile, backend, seed, onednn)
+    errors.fail("max_iters, learning_rate, min_lr and warmup_iters cannot be negative")
+rt = runtime.setup_runtime(device, dtype, compile, backend, seed, onednn)
 if gradient_accumulation_steps % rt.world_size:
-    common.fail(f"gradient_accumulation_steps ({gradient_accumulation_steps}) must be divisible by the "
+    errors.fail(f"gradient_accumulation_steps ({gradient_accumulation_steps}) must be divisible by the "
                 f"number of DDP processes ({rt.world_size}); change one of them")
 gradient_accumulation_steps //= rt.world_size  # each rank does its share of the micro-steps
-ckpt_path = os.path.join(out_dir, common.CKPT_NAME)
+ckpt_path = os.path.join(out_dir, checkpoints.CKPT_NAME)
 if rt.master:
-    common.ensure_writable(out_dir)
+    checkpoints.ensure_writable(out_dir)
 
 data_dir = os.path.join('data', dataset)
-meta = common.check_dataset(data_dir, dataset)
-bin_paths = common.dataset_paths(data_dir)
+meta = data_files.check_dataset(data_dir, dataset)
+bin_paths = data_files.dataset_paths(data_dir)
 
 # model: from scratch, or resumed from a checkpoint in out_dir
 iter_num, best_val_loss, checkpoint = 0, float('inf'), None
@@ -99,51 +104,51 @@ if init_from == 'scratch':
     try:
         model = GPT(GPTConfig(**model_args))
     except ValueError as e:
-        common.fail(str(e))
+        errors.fail(str(e))
 elif init_from == 'resume':
-    resume_path = common.latest_checkpoint(out_dir)  # last.pt if a stopped run got further than ckpt.pt
-    checkpoint = common.load_checkpoint(resume_path, rt.device)
-    for k in common.MODEL_SHAPE_KEYS:
+    resume_path = checkpoints.latest_checkpoint(out_dir)  # last.pt if a stopped run got further than ckpt.pt
+    checkpoint = checkpoints.load_checkpoint(resume_path, rt.device)
+    for k in checkpoints.MODEL_SHAPE_KEYS:
         saved = checkpoint['model_args'][k]
         if k in explicit and config[k] != saved:
-            common.fail(f"cannot resume with {k}={config[k]}: the checkpoint in {out_dir} has {k}={saved}; "
+            errors.fail(f"cannot resume with {k}={config[k]}: the checkpoint in {out_dir} has {k}={saved}; "
                         f"drop --{k} or start a new run in another out_dir")
-    model = common.model_from_checkpoint(checkpoint, resume_path, dropout=dropout)
+    model = checkpoints.model_from_checkpoint(checkpoint, resume_path, dropout=dropout)
     iter_num, best_val_loss = checkpoint['iter_num'], float(checkpoint['best_val_loss'])
     changed = [f"{k} {v!r} -> {config[k]!r}" for k, v in checkpoint.get('config', {}).items()
                if k in config and k != 'init_from' and v != config[k]]
     if changed and rt.master:
         print(f"settings changed since the checkpoint: {', '.join(changed)}")
-elif common.is_pretrained(init_from):  # OpenAI's GPT-2 weights, or a Hugging Face GPT-2 folder
-    model = common.pretrained_model(init_from, dropout)
-    for k in common.MODEL_SHAPE_KEYS:
+elif checkpoints.is_pretrained(init_from):  # OpenAI's GPT-2 weights, or a Hugging Face GPT-2 folder
+    model = checkpoints.pretrained_model(init_from, dropout)
+    for k in checkpoints.MODEL_SHAPE_KEYS:
         if k in explicit and config[k] != getattr(model.config, k) and k != 'block_size':
-            common.fail(f"{init_from} has {k}={getattr(model.config, k)}, not {config[k]}; drop --{k}")
+            errors.fail(f"{init_from} has {k}={getattr(model.config, k)}, not {config[k]}; drop --{k}")
 else:
-    common.fail(f"unknown init_from {init_from!r}; use 'scratch', 'resume', a GPT-2 name or a Hugging Face folder")
+    errors.fail(f"unknown init_from {init_from!r}; use 'scratch', 'resume', a GPT-2 name or a Hugging Face folder")
 if init_from != 'scratch':
-    model_args.update({k: getattr(model.config, k) for k in common.MODEL_SHAPE_KEYS})
+    model_args.update({k: getattr(model.config, k) for k in checkpoints.MODEL_SHAPE_KEYS})
     if 'block_size' not in explicit or init_from == 'resume':
         block_size = model.config.block_size
 if block_size > model.config.block_size:
-    common.fail(f"block_size {block_size} is larger than the model's {model.config.block_size}")
+    errors.fail(f"block_size {block_size} is larger than the model's {model.config.block_size}")
 if block_size < model.config.block_size:  # e.g. finetuning GPT-2 on shorter blocks
     model.crop_block_size(block_size)
     model_args['block_size'] = block_size
-config.update({k: model_args[k] for k in common.MODEL_SHAPE_KEYS})  # what the checkpoint's model really is
+config.update({k: model_args[k] for k in checkpoints.MODEL_SHAPE_KEYS})  # what the checkpoint's model really is
 vocab_size = model.config.vocab_size
 if meta and meta['vocab_size'] != vocab_size:
-    common.fail(f"the model's vocabulary ({vocab_size} tokens) differs from {data_dir}/meta.pkl "
+    errors.fail(f"the model's vocabulary ({vocab_size} tokens) differs from {data_dir}/meta.pkl "
                 f"({meta['vocab_size']}); train on the dataset the checkpoint was made for")
-common.check_bins(bin_paths, block_size, vocab_size)
+unscanned_splits = data_files.check_bins(bin_paths, block_size, vocab_size)  # too big to scan: checked per batch
 tokens_per_iter = gradient_accumulation_steps * rt.world_size * batch_size * block_size
-common.place_model(model, rt)
+runtime.place_model(model, rt, rows=batch_size * block_size)
 
 scaler = torch.amp.GradScaler(rt.device_type, enabled=rt.dtype == 'float16')  # no-op unless float16
 optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), rt.device_type)
 if checkpoint is not None:
     optimizer.load_state_dict(checkpoint['optimizer'])
-    if 'scaler' in checkpoint:
+    if checkpoint.get('scaler'):  # empty unless the checkpoint was trained in float16
         scaler.load_state_dict(checkpoint['scaler'])
 raw_model = model
 if rt.compile:
@@ -164,10 +169,8 @@ def get_batch(split, sample_seed):
     batch_generator.manual_seed(hash((seed, rt.rank) + sample_seed) % 2**63)
     n_tokens = os.path.getsize(bin_paths[split]) // 2
     starts = torch.randint(n_tokens - block_size, (batch_size,), generator=batch_generator).numpy()
-    tokens = common.load_blocks(bin_paths[split], starts, block_size, rt)
-    if tokens.max() >= vocab_size:
-        common.fail(f"{bin_paths[split]} has token ids >= vocab_size ({vocab_size}); prepare the dataset again",
-                    every_rank=True)  # only this rank's batch found it
+    tokens = data_files.load_blocks(bin_paths[split], starts, block_size, rt,
+                                    vocab_size if split in unscanned_splits else None)
     return tokens[:, :-1], tokens[:, 1:]
 
 
@@ -178,15 +181,15 @@ def estimate_loss():
     out = {}
     model.eval()
     for split_index, split in enumerate(('train', 'val')):
-        losses = torch.zeros(eval_iters)
+        losses = torch.zeros(eval_iters, device=rt.device)  # read once at the end: one wait for the device
         for k in range(eval_iters):
             if stop.requested:
                 break
             X, Y = get_batch(split, (-1 - split_index, k))
             with rt.autocast:
                 _, loss = model(X, Y)
-            losses[k] = loss.item()
-        out[split] = common.all_ranks_mean(float('nan') if stop.requested else losses.mean().item(), rt)
+            losses[k] = loss
+        out[split] = parallel.all_ranks_mean(float('nan') if stop.requested else losses.mean().item(), rt)
     model.train()
     return out
 
@@ -205,28 +208,28 @@ def get_lr(it):
 
 def save(path):
     """Write a checkpoint (rank 0; every rank must call this, for the RNG states)."""
-    if not common.all_finite(raw_model):
+    if not checkpoints.all_finite(raw_model):
         if rt.master:
             print(f"not saving {path}: the model has non-finite weights")
         return False
     checkpoint = {
         'model': raw_model.state_dict(), 'optimizer': optimizer.state_dict(), 'model_args': model_args,
         'iter_num': iter_num, 'best_val_loss': best_val_loss, 'config': config,
-        'scaler': scaler.state_dict(), 'rng': common.gather_from_ranks(common.rng_state(), rt), 'meta': meta,
+        'scaler': scaler.state_dict(), 'rng': parallel.gather_from_ranks(checkpoints.rng_state(), rt), 'meta': meta,
         # beyond the original's model_args, which must stay loadable by it
         'model_extra_args': {'gelu_approximate': raw_model.config.gelu_approximate},
         'wandb_run_id': wandb_run_id,
     }
     if rt.master:
-        common.save_checkpoint(checkpoint, path)
+        checkpoints.save_checkpoint(checkpoint, path)
     return True
 
 
 n_params = raw_model.get_num_params()
-peak_flops = common.peak_flops(rt.device, rt.dtype)  # for MFU: a GPU table, or this CPU's measured matmul rate
+peak_flops = runtime.peak_flops(rt.device, rt.dtype)  # for MFU: a GPU table, or this CPU's measured matmul rate
 run_info = dict(tokens_per_iter=tokens_per_iter, n_params=n_params, device=rt.device, dtype=rt.dtype,
                 world_size=rt.world_size, compile=rt.compile)
-metrics = common.MetricsLog(out_dir, resume_iter=iter_num if init_from == 'resume' else None) if rt.master else None
+metrics = report.MetricsLog(out_dir, resume_iter=iter_num if init_from == 'resume' else None) if rt.master else None
 wandb_run_id = checkpoint.get('wandb_run_id') if checkpoint else None
 if wandb_log and rt.master:
     import wandb
@@ -234,35 +237,39 @@ if wandb_log and rt.master:
     wandb_run_id = wandb.init(project=wandb_project, name=wandb_run_name, config={**config, **run_info},
                               id=wandb_run_id, resume='allow').id
 if checkpoint is not None and rt.rank < len(checkpoint.get('rng', [])):
-    common.set_rng_state(checkpoint['rng'][rt.rank])  # last: everything above may draw random numbers
+    checkpoints.set_rng_state(checkpoint['rng'][rt.rank])  # last: everything above may draw random numbers
 checkpoint = None  # free the memory
 
-stop, stopped = common.GracefulStop(), False  # from here on Ctrl-C / SIGTERM: finish the step, save, exit
+stop = parallel.GracefulStop()  # from here on Ctrl-C / SIGTERM: finish the step, save, exit
 if rt.master:
     processes = f"{rt.world_size} processes (DDP, {rt.backend})" if rt.ddp else "1 process"
-    print(f"device {rt.device}, dtype {rt.dtype}, compile {rt.compile}, {processes}{', oneDNN linears' if rt.onednn else ''}")
-    print(f"model: {common.format_count(n_params)} parameters ({model_args['n_layer']} layers, {model_args['n_head']} "
+    print(f"device {rt.device}, dtype {rt.dtype}, compile {rt.compile}, {processes}{runtime.describe_linears(rt)}")
+    print(f"model: {report.format_count(n_params)} parameters ({model_args['n_layer']} layers, {model_args['n_head']} "
           f"heads, {model_args['n_embd']} wide, context {block_size}, vocabulary {vocab_size})")
     print(f"{tokens_per_iter:,} tokens per iteration ({batch_size} sequences x {block_size} tokens x "
           f"{gradient_accumulation_steps * rt.world_size} micro-steps); {max_iters:,} iterations; out_dir {out_dir}")
     if init_from == 'resume':
         print(f"resuming from {resume_path} at iteration {iter_num} (best val loss {best_val_loss:.4f})")
     n_evals = 1 if eval_only else (max_iters - iter_num) // eval_interval + 1
-    estimate = common.estimate_seconds(raw_model, tokens_per_iter, 0 if eval_only else max_iters - iter_num,
+    estimate = report.estimate_seconds(raw_model, tokens_per_iter, 0 if eval_only else max_iters - iter_num,
                                        n_evals * 2 * eval_iters * batch_size * block_size * rt.world_size,
                                        peak_flops) if peak_flops else 0
     if rt.device_type == 'cpu' and estimate > 15 * 60:
         cpu_config = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'config', f'train_{dataset}_cpu.py')
         advice = f"python train.py {os.path.relpath(cpu_config)} takes a few minutes" if os.path.exists(cpu_config) \
             else "a GPU, or a smaller model, batch, block_size or max_iters, would be quicker"
-        print(f"WARNING: this looks like a GPU config: about {common.format_duration(estimate)} on this CPU; {advice}")
+        print(f"WARNING: this looks like a GPU config: about {report.format_duration(estimate)} on this CPU; {advice}")
 
 # -----------------------------------------------------------------------------
-# the training loop
+# the training loop. On a GPU it never waits for the device between log lines: the loss is read,
+# and a non-finite loss noticed, only at log lines and evaluations ("checks"), where all ranks
+# also agree whether to stop. Between checks the GPU runs ahead of Python.
 X, Y = get_batch('train', (iter_num, 0))
 start_iter, run_start = iter_num, time.time()
 ms_per_iter, mfu, eval_seconds = None, None, 0.0  # smoothed, for the ETA; and the last evaluation's duration
-t0 = time.time()
+loss_finite = torch.ones((), dtype=torch.bool, device=rt.device)  # every loss since the last check was finite
+stopped = diverged = False
+t0, t0_iter, last_check = time.time(), iter_num, iter_num
 while True:
     lr = get_lr(iter_num)
     for group in optimizer.param_groups:
@@ -285,12 +292,13 @@ while True:
                     wandb.log({'iter': iter_num, 'train/loss': losses['train'], 'val/loss': losses['val'],
                                'lr': lr}, step=iter_num)
         eval_seconds = time.time() - t0
-        t0 = time.time()  # evaluation time is not training time
+        t0, t0_iter = time.time(), iter_num  # evaluation time is not training time
     if eval_only:
         break
-    stopped = stop.agreed(rt)  # checked between steps, so a stop always leaves a whole step behind
-    if stopped:
-        stop_path = ckpt_path if always_save_checkpoint else os.path.join(out_dir, common.LAST_NAME)
+    if not rt.ddp:  # one process can stop at any step; DDP ranks agree on it at the checks
+        stopped = stop.requested is not None
+    if stopped:  # between steps, so a stop always leaves a whole step behind
+        stop_path = ckpt_path if always_save_checkpoint else os.path.join(out_dir, checkpoints.LAST_NAME)
         if save(stop_path) and rt.master:
             print(f"stopped at iteration {iter_num}; saved {stop_path}. Resume with: "
                   f"python {' '.join(sys.argv)} --init_from=resume", flush=True)
@@ -315,19 +323,31 @@ while True:
     scaler.step(optimizer)
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
+    loss_finite &= torch.isfinite(loss.detach())  # on the device: no wait here
     iter_num += 1
 
-    t1 = time.time()
-    dt, t0 = t1 - t0, t1
-    lossf = loss.item() * gradient_accumulation_steps  # the last micro-batch's loss; a sync point on GPUs
-    if not math.isfinite(lossf):
-        good = f"{ckpt_path} (iteration {common.checkpoint_iter(ckpt_path)})" \
-            if os.path.exists(ckpt_path) else "none was written"
-        print(f"train.py: loss is {lossf} at iteration {iter_num}; stopping without saving. Last good checkpoint: "
-              f"{good}. Lower --learning_rate or check the data, then resume from it", file=sys.stderr)
-        sys.exit(1)
-    if iter_num % log_interval == 0 and rt.master:
-        if iter_num - start_iter > 1:  # the first iteration pays for warm-up (and compiling): leave it out
+    logging = iter_num % log_interval == 0
+    if not (logging or iter_num % eval_interval == 0 or iter_num >= max_iters):
+        continue
+    # a check: the only point between evaluations where the host waits for the device
+    stop_anywhere, diverged = parallel.any_rank([stop.requested is not None, ~loss_finite], rt)
+    stopped = stopped or stop_anywhere
+    if diverged:  # every rank sees it at the same check, so all stop together
+        if rt.master:
+            good = f"{ckpt_path} (iteration {checkpoints.checkpoint_iter(ckpt_path)})" \
+                if os.path.exists(ckpt_path) else "none was written"
+            when = f"at iteration {iter_num}" if last_check + 1 == iter_num else \
+                f"between iterations {last_check + 1} and {iter_num}"
+            print(f"train.py: the loss became non-finite {when}; "
+                  f"stopping without saving. Last good checkpoint: {good}. Lower --learning_rate or check the "
+                  f"data, then resume from it", file=sys.stderr, flush=True)
+        break
+    last_check = iter_num
+    if logging and rt.master:
+        lossf = loss.item() * gradient_accumulation_steps  # the last micro-batch's loss
+        t1 = time.time()
+        dt, t0, t0_iter = (t1 - t0) / (iter_num - t0_iter), t1, iter_num  # per iteration since the last log line
+        if iter_num - start_iter > log_interval:  # the first stretch pays for warm-up (and compiling): leave it out
             ms_per_iter = dt * 1000 if ms_per_iter is None else 0.9 * ms_per_iter + 0.1 * dt * 1000
             step_mfu = raw_model.estimate_mfu(batch_size * gradient_accumulation_steps, dt, peak_flops) \
                 if peak_flops else None
@@ -336,28 +356,30 @@ while True:
         eta = (max_iters - iter_num) * (ms_per_iter or dt * 1000) / 1000 + evals_left * eval_seconds
         print(f"iter {iter_num}/{max_iters}: loss {lossf:.4f}, lr {lr:.3e}, {dt * 1000:.1f} ms/iter, "
               f"{tokens_per_iter / dt:,.0f} tok/s" + (f", mfu {mfu * 100:.1f}%" if mfu else '')
-              + f", eta {common.format_duration(eta)}")
+              + f", eta {report.format_duration(eta)}")
         metrics.write(event='train', iter=iter_num, loss=lossf, lr=lr, ms_per_iter=dt * 1000,
                       tokens_per_s=tokens_per_iter / dt, mfu=mfu)
         if wandb_log:
             wandb.log({'iter': iter_num, 'loss': lossf, 'lr': lr, 'mfu': mfu, 'tokens_per_s': tokens_per_iter / dt},
                       step=iter_num)
 
-if not stopped:
-    last_path = os.path.join(out_dir, common.LAST_NAME)
+if not (stopped or diverged):
+    last_path = os.path.join(out_dir, checkpoints.LAST_NAME)
     if rt.master and not eval_only and os.path.exists(last_path):
         os.remove(last_path)  # the state of a stop this run has now gone past
     if rt.ddp:
-        digests = common.gather_from_ranks(common.weights_digest(raw_model), rt)
+        digests = parallel.gather_from_ranks(parallel.weights_digest(raw_model), rt)
         if rt.master:
             print(f"weights identical on all {rt.world_size} ranks" if len(set(digests)) == 1 else
                   f"WARNING: the ranks' weights differ: {digests}")
     if rt.master and not eval_only:
-        print(f"done: {iter_num} iterations in {common.format_duration(time.time() - run_start)}, best val loss "
+        print(f"done: {iter_num} iterations in {report.format_duration(time.time() - run_start)}, best val loss "
               f"{best_val_loss:.4f}, {iter_num * tokens_per_iter:,} tokens seen ({(iter_num - start_iter) * tokens_per_iter:,}"
-              f" in this run), {common.peak_memory(rt)}")
+              f" in this run), {runtime.peak_memory(rt)}")
+        metrics.write(event='done', iter=iter_num, best_val_loss=best_val_loss, seconds=time.time() - run_start,
+                      **runtime.peak_memory_gb(rt))
         if os.path.exists(ckpt_path):
-            print(f"checkpoint: {ckpt_path} (iteration {common.checkpoint_iter(ckpt_path)}); "
+            print(f"checkpoint: {ckpt_path} (iteration {checkpoints.checkpoint_iter(ckpt_path)}); "
                   f"sample from it: python sample.py --out_dir={out_dir}; plot the losses: python plot.py --out_dir={out_dir}")
 if rt.master:
     metrics.close()
@@ -370,4 +392,4 @@ if rt.ddp:
     gc.collect()
     torch.distributed.barrier()
     torch.distributed.destroy_process_group()
-sys.exit(stop.exit_code() if stop.requested or stopped else 0)
+sys.exit(1 if diverged else stop.exit_code() if stop.requested or stopped else 0)

@@ -26,7 +26,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import common  # noqa: E402
+import checkpoints  # noqa: E402
+import errors  # noqa: E402
 from configurator import configure  # noqa: E402
 
 original = ''  # path of the original nanoGPT checkout
@@ -39,10 +40,10 @@ configure(globals())
 
 repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if not os.path.isfile(os.path.join(original, 'train.py')):
-    common.fail(f"--original={original!r} is not a checkout of the original nanoGPT (no train.py there)")
+    errors.fail(f"--original={original!r} is not a checkout of the original nanoGPT (no train.py there)")
 data = os.path.join(repo, 'data', 'shakespeare_char')
 if not os.path.exists(os.path.join(data, 'train.bin')):
-    common.fail("prepare the data first: python data/shakespeare_char/prepare.py")
+    errors.fail("prepare the data first: python data/shakespeare_char/prepare.py")
 for name in ('train.bin', 'val.bin', 'meta.pkl'):
     os.makedirs(os.path.join(original, 'data', 'shakespeare_char'), exist_ok=True)
     shutil.copy(os.path.join(data, name), os.path.join(original, 'data', 'shakespeare_char', name))
@@ -81,7 +82,7 @@ def whole_val_loss(block_size=64, blocks_per_batch=256):
     path = os.path.join(out_dir, 'ckpt.pt')
     if not os.path.exists(path):
         return None
-    model = common.model_from_checkpoint(common.load_checkpoint(path), path).eval()
+    model = checkpoints.model_from_checkpoint(checkpoints.load_checkpoint(path), path).eval()
     val = np.fromfile(os.path.join(data, 'val.bin'), dtype=np.uint16).astype(np.int64)
     n_blocks = (len(val) - 1) // block_size
     inputs = torch.from_numpy(val[:n_blocks * block_size]).view(n_blocks, block_size)

@@ -3,7 +3,7 @@ import json
 
 import torch
 
-import common
+import runtime
 from model import GPT, GPTConfig
 
 TINY_BENCH = ['--n_layer=2', '--n_head=2', '--n_embd=16', '--block_size=16', '--batch_size=4', '--device=cpu',
@@ -44,18 +44,24 @@ def test_bench_generate_compares_kv_cache(run, tmp_path):
 
 def test_peak_table(monkeypatch):
     monkeypatch.setattr(torch.cuda, 'get_device_name', lambda device=None: 'NVIDIA H100 80GB HBM3')
-    assert common.peak_flops('cuda', 'bfloat16') == 989e12 and common.peak_flops('cuda', 'float32') == 495e12
+    assert runtime.peak_flops('cuda', 'bfloat16') == 989e12 and runtime.peak_flops('cuda', 'float32') == 495e12
     monkeypatch.setattr(torch.cuda, 'get_device_name', lambda device=None: 'NVIDIA A100-SXM4-40GB')
-    assert common.peak_flops('cuda', 'bfloat16') == 312e12
+    assert runtime.peak_flops('cuda', 'bfloat16') == 312e12
     monkeypatch.setattr(torch.cuda, 'get_device_name', lambda device=None: 'NVIDIA H100 PCIe')
-    assert common.peak_flops('cuda', 'float16') == 756e12
+    assert runtime.peak_flops('cuda', 'float16') == 756e12
     monkeypatch.setattr(torch.cuda, 'get_device_name', lambda device=None: 'NVIDIA A10G')
-    assert common.peak_flops('cuda', 'bfloat16') is None  # not the A10's figure
+    assert runtime.peak_flops('cuda', 'bfloat16') is None  # not the A10's figure
     monkeypatch.setattr(torch.cuda, 'get_device_name', lambda device=None: 'Some Future GPU')
-    assert common.peak_flops('cuda', 'bfloat16') is None
+    assert runtime.peak_flops('cuda', 'bfloat16') is None
+    # whole words, the longest name that matches: an L40 is no L4, an H200 NVL no H200 SXM
+    assert runtime.gpu_peak_tflops('NVIDIA L40') == (181, 90.5) and runtime.gpu_peak_tflops('NVIDIA L4') == (121, 60)
+    assert runtime.gpu_peak_tflops('NVIDIA H200 NVL') == (835, 418) and runtime.gpu_peak_tflops('NVIDIA H200')[0] == 989
+    assert runtime.gpu_peak_tflops('Tesla V100-SXM2-16GB') == (125, 15.7)
 
 
-def test_estimate_mfu_uses_the_device_peak():
+def test_cpu_peak_is_the_faster_library():
     model = GPT(GPTConfig(n_layer=1, n_head=1, n_embd=8, block_size=8, vocab_size=10))
     flops = model.flops_per_token() * 8 * 2
-    assert model.estimate_mfu(2, 1.0) == flops / common.measured_cpu_flops()  # on the CPU: its measured peak
+    peak = runtime.peak_flops('cpu')
+    assert peak == runtime.measured_cpu_flops() > 1e9
+    assert model.estimate_mfu(2, 1.0, peak) == flops / peak

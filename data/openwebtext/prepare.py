@@ -21,7 +21,8 @@ import numpy as np
 from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-import common  # noqa: E402  (the repo root is on the path only from the line above)
+import errors  # noqa: E402  (the repo root is on the path only from the line above)
+import tokenizer  # noqa: E402  (the repo root is on the path only from the line above)
 
 dataset = 'openwebtext'  # a Hugging Face dataset name, or a builder such as 'text' or 'json' with data_files
 data_files = ''  # local files for such a builder, e.g. 'corpus/*.txt' (each file is one document)
@@ -36,7 +37,7 @@ def tokenize_and_write(splits, out_dir, num_proc=1, text_column='text', docs_per
     """Encode each split's documents with GPT-2 BPE, end-of-text after each, and write them to
     out_dir/<split>.bin one shard of documents at a time. Returns {split: number of tokens}."""
     import datasets
-    enc = common.gpt2_encoding()
+    enc = tokenizer.gpt2_encoding()
 
     def encode(example):
         ids = enc.encode_ordinary(example[text_column])
@@ -69,7 +70,7 @@ if __name__ == '__main__':
     configure(globals())
     out_dir = out_dir or os.path.dirname(os.path.abspath(__file__))
     if data_files and '://' not in data_files and not glob.glob(data_files):
-        common.fail(f"no files match --data_files={data_files}")
+        errors.fail(f"no files match --data_files={data_files}")
     from datasets import load_dataset
     try:
         if data_files:
@@ -78,10 +79,10 @@ if __name__ == '__main__':
         else:
             loaded = load_dataset(dataset, num_proc=num_proc)
     except Exception as e:
-        common.fail(f"could not load dataset {dataset!r} ({type(e).__name__}: {str(e).splitlines()[0][:150]}); "
+        errors.fail(f"could not load dataset {dataset!r} ({type(e).__name__}: {str(e).splitlines()[0][:150]}); "
                     f"for local files use --dataset=text --data_files='path/*.txt'")
     if text_column not in loaded['train'].column_names:
-        common.fail(f"dataset {dataset!r} has no column {text_column!r} (it has {loaded['train'].column_names}); "
+        errors.fail(f"dataset {dataset!r} has no column {text_column!r} (it has {loaded['train'].column_names}); "
                     f"name it with --text_column")
     val_name = next((name for name in ('validation', 'val') if name in loaded), None)
     if val_name:

@@ -1,0 +1,142 @@
+"""
+Checkpoints in the original's format (model, optimizer, model_args, iter_num, best_val_loss,
+config), written atomically, read with clear errors; pretrained GPT-2 weights; random states.
+"""
+import os
+import pickle
+import random
+import warnings
+
+import numpy as np
+import torch
+
+from errors import fail
+from model import GPT, PRETRAINED, GPTConfig
+
+
+CKPT_NAME = 'ckpt.pt'  # the checkpoint train.py writes and sample.py reads, as in the original
+
+
+LAST_NAME = 'last.pt'  # the latest state, written when a run is stopped early, for resuming
+
+
+MODEL_SHAPE_KEYS = ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias', 'vocab_size')
+
+
+def ensure_writable(out_dir):
+    """Fail now, not after hours of training, when checkpoints could not be written."""
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        probe = os.path.join(out_dir, f".write-test-{os.getpid()}")
+        with open(probe, 'w'):
+            pass
+        os.remove(probe)
+    except OSError as e:
+        fail(f"out_dir {out_dir} is not writable ({e.strerror}); choose another with --out_dir=PATH")
+
+
+def save_checkpoint(checkpoint, path):
+    """Write atomically: a crash or kill -9 mid-save leaves the previous file intact."""
+    tmp = f"{path}.tmp"
+    with open(tmp, 'wb') as f:
+        torch.save(checkpoint, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path, device='cpu'):
+    """Load a checkpoint of ours or of the original nanoGPT, or stop with a clear error."""
+    if not os.path.exists(path):
+        fail(f"no checkpoint at {path}; train one first (python train.py ...) "
+             f"or point --out_dir at the folder that holds {CKPT_NAME}")
+    try:
+        with warnings.catch_warnings():  # the failure below says it better than torch's warnings
+            warnings.simplefilter('ignore')
+            checkpoint = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError:  # weights_only refuses code objects: safer than running them
+        fail(f"{path} is not a readable checkpoint (it holds Python objects, not just tensors and plain "
+             f"values); load only checkpoints written by this repo or the original nanoGPT")
+    except Exception as e:  # truncated zip, not a torch file at all
+        reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        fail(f"{path} is not a readable checkpoint ({reason}); it may be truncated or "
+             f"written by another program: train again or restore a good copy")
+    if not isinstance(checkpoint, dict) or not {'model', 'model_args'} <= checkpoint.keys():
+        fail(f"{path} is not a nanoGPT checkpoint (it lacks 'model' and 'model_args')")
+    return checkpoint
+
+
+def model_from_checkpoint(checkpoint, path, **overrides):
+    """Build the GPT a checkpoint describes and load its weights (dropout may be overridden)."""
+    args = {**checkpoint['model_args'], **checkpoint.get('model_extra_args', {}), **overrides}
+    try:
+        model = GPT(GPTConfig(**args))
+        # checkpoints saved from a torch.compile'd model carry this prefix on every key
+        state = {k.removeprefix('_orig_mod.'): v for k, v in checkpoint['model'].items()}
+        model.load_state_dict(state)
+    except (TypeError, ValueError, RuntimeError) as e:
+        fail(f"{path} does not hold a model this code can build ({str(e).splitlines()[0][:200]})")
+    return model
+
+
+def is_pretrained(init_from):
+    return init_from in PRETRAINED or os.path.isdir(init_from)
+
+
+def pretrained_model(name_or_dir, dropout=0.0):
+    """GPT.from_pretrained with a clear error for each way it can go wrong."""
+    try:
+        return GPT.from_pretrained(name_or_dir, dict(dropout=dropout))
+    except ImportError:
+        fail("loading GPT-2 weights needs transformers: pip install transformers")
+    except ValueError as e:
+        fail(str(e))
+    except OSError as e:  # not downloadable (offline), or a folder without a model in it
+        fail(f"could not load {name_or_dir} ({str(e).splitlines()[0][:160]}); OpenAI's weights download "
+             f"from the Hugging Face hub once, or give a folder saved with save_pretrained")
+
+
+def rng_state():
+    """Every random state that drives batches and dropout, to make a resume exact. Plain
+    lists and tensors only, so checkpoints load with torch.load(weights_only=True)."""
+    np_state = np.random.get_state()
+    return {
+        'python': random.getstate(),
+        'numpy': [np_state[0], np_state[1].tolist(), *np_state[2:]],
+        'torch': torch.get_rng_state(),
+        # this process's GPU only: asking for every GPU's state would open a context on each of them
+        'cuda': torch.cuda.get_rng_state() if torch.cuda.is_available() and torch.cuda.is_initialized() else None,
+    }
+
+
+def set_rng_state(state):
+    random.setstate(state['python'])
+    kind, key, *rest = state['numpy']
+    np.random.set_state((kind, np.array(key, dtype=np.uint32), *rest))
+    torch.set_rng_state(state['torch'].cpu())
+    if isinstance(state['cuda'], torch.Tensor) and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state['cuda'].cpu())
+
+
+def latest_checkpoint(out_dir):
+    """The checkpoint to resume from: ckpt.pt, or last.pt (written when a run is stopped) if
+    that one is further along."""
+    best, last = os.path.join(out_dir, CKPT_NAME), os.path.join(out_dir, LAST_NAME)
+    if not os.path.exists(last):
+        return best
+    if not os.path.exists(best):
+        return last
+    try:
+        return last if checkpoint_iter(last) > checkpoint_iter(best) else best
+    except Exception:
+        return best  # unreadable: loading it properly gives the clear error
+
+
+def checkpoint_iter(path):
+    """A checkpoint's iteration, without reading its tensors (memory-mapped)."""
+    return torch.load(path, map_location='cpu', mmap=True, weights_only=True)['iter_num']
+
+
+def all_finite(model):
+    """True when every parameter is finite: a diverged model is never written over a good one."""
+    return all(torch.isfinite(p).all() for p in model.parameters())

@@ -1,0 +1,52 @@
+"""
+What a run tells its user: metrics.jsonl, time estimates and readable numbers.
+"""
+import json
+import math
+import os
+import time
+
+
+class MetricsLog:
+    """out_dir/metrics.jsonl: one JSON object per log or eval event, appended across resumes.
+
+    On resume, events after the checkpoint's iteration are dropped first: that stretch is
+    about to be trained again, and the file should read as one run."""
+
+    def __init__(self, out_dir, resume_iter=None):
+        self.path = os.path.join(out_dir, 'metrics.jsonl')
+        if resume_iter is not None and os.path.exists(self.path):
+            with open(self.path) as f:
+                kept = [line for line in f if line.strip() and json.loads(line).get('iter', 0) <= resume_iter]
+            with open(self.path + '.tmp', 'w') as f:
+                f.writelines(kept)
+            os.replace(self.path + '.tmp', self.path)
+        elif resume_iter is None and os.path.exists(self.path):
+            os.remove(self.path)  # a new run in this out_dir starts a new record
+        self.file = open(self.path, 'a')
+
+    def write(self, **event):
+        self.file.write(json.dumps({**event, 'time': round(time.time(), 3)}) + '\n')
+        self.file.flush()
+
+    def close(self):
+        self.file.close()
+
+
+def estimate_seconds(model, tokens_per_iter, iters, eval_tokens, peak):
+    """A rough time for a run: forward+backward FLOPs for the training tokens, forward only (a third)
+    for the evaluation tokens, at 60% of the peak (what the laptop recipe reaches on a CPU)."""
+    return (iters * tokens_per_iter + eval_tokens / 3) * model.flops_per_token() / (0.6 * peak)
+
+
+def format_count(n):
+    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}K"
+
+
+def format_duration(seconds):
+    if not math.isfinite(seconds):
+        return '?'
+    seconds = int(seconds)
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s"

@@ -1,0 +1,114 @@
+"""The GPU path, as far as a CPU can show it: a training step that never waits for the device,
+a NaN that stops every rank, dtype choices and resumes across them, the right GPU, and the one
+command that checks it all on a real GPU (run here with tiny shapes)."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import runtime
+from conftest import REPO, TINY_MODEL, _env
+
+COUNT_SYNCS = str(REPO / 'benchmarks' / 'count_syncs.py')
+
+
+def test_the_training_step_never_waits_for_the_device(run, char_data):
+    # between log lines (every 5 iterations) and evaluations the step reads nothing back to the host
+    result = run('benchmarks/count_syncs.py', str(REPO / 'train.py'), '--dataset=tiny', *TINY_MODEL,
+                 '--max_iters=20', '--log_interval=5', '--eval_interval=10')
+    summary = result.stderr.strip().splitlines()[-1]
+    assert summary.startswith('host syncs: 0 inside the training step'), summary
+    assert int(summary.split(', ')[1].split()[0]) > 0  # the log lines and evaluations do read values
+    assert result.stdout.count('iter ') == 4  # 5, 10, 15, 20
+
+
+def test_a_sync_inside_the_step_is_caught(tmp_path, char_data):
+    # the counter itself: train.py with the original's per-iteration loss.item() put back into the step
+    source = (REPO / 'train.py').read_text()
+    marker = '    loss_finite &= torch.isfinite(loss.detach())'
+    assert marker in source
+    (tmp_path / 'train_syncing.py').write_text(source.replace(marker, marker + '\n    loss.item()'))
+    result = subprocess.run([sys.executable, COUNT_SYNCS, str(tmp_path / 'train_syncing.py'), '--dataset=tiny',
+                             *TINY_MODEL, '--max_iters=6', '--log_interval=3'], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=120, env=_env({'PYTHONPATH': str(REPO)}))
+    assert result.returncode == 1
+    assert 'host syncs: 6 inside the training step (item 6' in result.stderr
+
+
+NAN_ON_RANK_1 = '''
+import os, runpy, sys
+import model
+forward, steps = model.GPT.forward, [0]
+
+def poisoned(self, idx, targets=None, kv_caches=None):
+    logits, loss = forward(self, idx, targets, kv_caches)
+    if self.training and os.environ['RANK'] == '1':
+        steps[0] += 1
+        if steps[0] == 13:  # iteration 13: one rank's loss alone turns NaN
+            loss = loss * float('nan')
+    return logits, loss
+
+model.GPT.forward = poisoned
+sys.argv[0] = {train!r}
+runpy.run_path({train!r}, run_name='__main__')
+'''
+
+
+def test_a_nan_on_one_rank_stops_every_rank(tmp_path, char_data):
+    (tmp_path / 'nan_on_rank_1.py').write_text(NAN_ON_RANK_1.format(train=str(REPO / 'train.py')))
+    result = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
+                             str(tmp_path / 'nan_on_rank_1.py'), '--dataset=tiny', '--out_dir=out', *TINY_MODEL,
+                             '--max_iters=40', '--eval_interval=10', '--log_interval=5',
+                             '--gradient_accumulation_steps=2', '--always_save_checkpoint=True'],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                            env=_env({'PYTHONPATH': str(REPO)}))
+    assert result.returncode != 0
+    assert result.stderr.count('the loss became non-finite between iterations 11 and 15') == 1  # said by rank 0
+    assert 'Last good checkpoint: out/ckpt.pt (iteration 10)' in result.stderr
+    assert torch.load(tmp_path / 'out' / 'ckpt.pt', weights_only=True)['iter_num'] == 10  # nothing NaN was saved
+    assert 'iter 15' not in result.stdout
+
+
+@pytest.mark.parametrize('first, then', [('float32', 'float16')])  # gpu_check's test resumes float16 -> bfloat16
+def test_resume_in_another_dtype(run, char_data, first, then):
+    run('train.py', '--dataset=tiny', *TINY_MODEL, '--max_iters=4', '--eval_interval=4', f'--dtype={first}')
+    result = run('train.py', '--dataset=tiny', *TINY_MODEL, '--max_iters=8', '--eval_interval=4', f'--dtype={then}',
+                 '--init_from=resume')
+    assert f'dtype {then}' in result.stdout and 'done: 8 iterations' in result.stdout
+
+
+def test_auto_dtype_skips_emulated_bfloat16(monkeypatch):
+    # a V100 or T4 "supports" bfloat16 only by emulation: float16 with a GradScaler is the fast choice there
+    monkeypatch.setattr(torch.cuda, 'is_bf16_supported', lambda including_emulation=True: including_emulation)
+    assert runtime.resolve_dtype('auto', 'cuda') == 'float16'
+    monkeypatch.setattr(torch.cuda, 'is_bf16_supported', lambda including_emulation=True: True)
+    assert runtime.resolve_dtype('auto', 'cuda') == 'bfloat16'
+
+
+def test_a_second_gpu_becomes_the_current_one(monkeypatch):
+    # without torchrun too: RNG states, pinned copies and synchronize() act on "the current GPU"
+    current = []
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(torch.cuda, 'device_count', lambda: 2)
+    monkeypatch.setattr(torch.cuda, 'set_device', current.append)
+    rt = runtime.setup_runtime('cuda:1', 'float32', False)
+    assert current == ['cuda:1'] and rt.device == 'cuda:1'
+
+
+def test_gpu_check_runs_its_steps_on_a_cpu(tmp_path, char_data):
+    # the GPU check, tiny: every step and the table, so the script cannot rot between GPU sessions
+    (tmp_path / 'data' / 'shakespeare_char').symlink_to(tmp_path / 'data' / 'tiny')
+    result = subprocess.run(['bash', str(REPO / 'benchmarks' / 'gpu_check.sh'), '--device=cpu', '--tiny=True',
+                             '--iters=10', f'--out_root={tmp_path / "out"}', f'--results_file={tmp_path / "check.jsonl"}'],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=240, env=_env())
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert 'all checks passed' in result.stdout
+    rows = {row['case']: row for row in map(json.loads, (tmp_path / 'check.jsonl').read_text().splitlines())}
+    assert rows['bf16-compile']['note'].startswith('host syncs: 0 inside the training step')
+    for case in ('bf16-compile', 'fp16-scaler', 'fp32-tf32', 'resume fp32->fp16', 'torchrun stop+resume',
+                 'bench GPT-2 shape train'):
+        assert rows[case]['ms_per_iter'] > 0 and rows[case]['tokens_per_s'] > 0, case
+    assert '| case | ms/iter | tokens/s | MFU | peak GPU GB |' in result.stdout

@@ -20,12 +20,14 @@ import time
 import numpy as np
 import torch
 
+import checkpoints
 import data_files
 import errors
+import optimizers
 import report
 import runtime
 from configurator import configure
-from model import GPT, GPTConfig, KVCache
+from model import GPT, MODERN_DEFAULTS, GPTConfig, KVCache
 
 mode = 'train'  # 'train' times optimizer steps; 'generate' times sampling with and without the KV cache
 # the model and batch (the training configs set these)
@@ -37,6 +39,15 @@ n_head = 12
 n_embd = 768
 bias = False
 dropout = 0.0
+rotary = False  # the modern recipe's model choices and optimizer (see train.py, config/modern.py)
+norm = 'layernorm'
+qk_norm = False
+mlp = 'gelu'
+tie_weights = True
+zero_init = False
+logit_softcap = 0.0
+optimizer = 'adamw'
+muon_learning_rate = 0.02
 vocab_size = 0  # 0: the dataset's meta.pkl with real_data, else GPT-2's 50304
 real_data = False  # random blocks of data/<dataset>/train.bin rather than fixed random tokens
 dataset = 'openwebtext'
@@ -71,7 +82,7 @@ if real_data:
 vocab_size = vocab_size or 50304
 try:
     model = GPT(GPTConfig(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, bias=bias,
-                          vocab_size=vocab_size, dropout=dropout))
+                          vocab_size=vocab_size, dropout=dropout, **{k: config[k] for k in MODERN_DEFAULTS}))
 except ValueError as e:
     errors.fail(str(e))
 runtime.place_model(model, rt, rows=batch_size * block_size if mode == 'train' else 1, backward=mode == 'train')
@@ -103,12 +114,15 @@ else:
     device_name = f"{names[0] if names else rt.device_type}, {torch.get_num_threads()} threads"
 record = {'bench': mode, 'time': time.strftime('%Y-%m-%d %H:%M:%S'), 'device': rt.device, 'device_name': device_name,
           'dtype': rt.dtype, 'compile': rt.compile, 'onednn': rt.onednn, 'torch': torch.__version__,
-          'model': dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, vocab_size=vocab_size),
+          'model': checkpoints.model_args_of(model.config), 'optimizer': config['optimizer'],
           'params': model.get_num_params()}
 print(f"{device_name}, {rt.dtype}, compile {rt.compile}{runtime.describe_linears(rt)}: {report.format_count(model.get_num_params())} parameters")
 
 if mode == 'train':
-    optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), rt.device_type)
+    if optimizer not in optimizers.OPTIMIZERS:
+        errors.fail(f"--optimizer takes {' or '.join(optimizers.OPTIMIZERS)}, not {optimizer!r}")
+    optimizer = optimizers.configure(model, optimizer, weight_decay, learning_rate, (beta1, beta2), rt.device_type,
+                                     muon_learning_rate)
     scaler = torch.amp.GradScaler(rt.device_type, enabled=rt.dtype == 'float16')
     fixed = torch.randint(vocab_size, (batch_size, block_size + 1), device=rt.device)
 

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from errors import fail
-from model import GPT, PRETRAINED, GPTConfig
+from model import GPT, MODERN_DEFAULTS, PRETRAINED, GPTConfig
 
 
 CKPT_NAME = 'ckpt.pt'  # the checkpoint train.py writes and sample.py reads, as in the original
@@ -20,7 +20,18 @@ CKPT_NAME = 'ckpt.pt'  # the checkpoint train.py writes and sample.py reads, as 
 LAST_NAME = 'last.pt'  # the latest state, written when a run is stopped early, for resuming
 
 
-MODEL_SHAPE_KEYS = ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias', 'vocab_size')
+ORIGINAL_MODEL_ARGS = ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias', 'vocab_size', 'dropout')
+# what a resume must keep: the model's shape and its modern choices
+MODEL_SHAPE_KEYS = ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias', 'vocab_size') + tuple(MODERN_DEFAULTS)
+
+
+def model_args_of(config):
+    """A checkpoint's model_args: the original's keys, plus each modern choice that differs from GPT-2's.
+    A classic model's checkpoint is thus the original's; a modern one names fields the original's
+    GPTConfig does not have, so the original refuses it rather than building a wrong model."""
+    args = {k: getattr(config, k) for k in ORIGINAL_MODEL_ARGS}
+    args.update({k: getattr(config, k) for k, default in MODERN_DEFAULTS.items() if getattr(config, k) != default})
+    return args
 
 
 def ensure_writable(out_dir):

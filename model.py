@@ -25,6 +25,24 @@ class GPTConfig:
     dropout: float = 0.0
     bias: bool = True  # biases in Linears and LayerNorms, like GPT-2; False is a bit better and faster
     gelu_approximate: str = 'none'  # 'tanh' for OpenAI's GPT-2 weights, which were trained with it
+    # the modern recipe (the GPT-2 speedrun, modded-nanogpt, and nanochat), each choice on its own;
+    # the defaults are GPT-2's, so default models and checkpoints are the original's
+    rotary: bool = False  # rotary position embeddings (RoFormer, Su et al. 2021) instead of learned ones
+    norm: str = 'layernorm'  # 'rmsnorm' (Zhang & Sennrich 2019) with a gain, or 'rmsnorm_free' without one
+    qk_norm: bool = False  # RMS-normalise queries and keys per head before attention
+    mlp: str = 'gelu'  # 'relu2': ReLU squared (So et al. 2021, Primer)
+    tie_weights: bool = True  # False: an output head of its own, not the token embedding
+    zero_init: bool = False  # start every projection into the residual stream, and the head, at zero
+    logit_softcap: float = 0.0  # > 0: logits = cap * tanh(logits / cap) (Gemma 2), bounding them smoothly
+    rotary_base: float = 10000.0
+
+    def is_classic(self):
+        """True when the model is GPT-2's, which the original nanoGPT and Hugging Face can express."""
+        return {name: getattr(self, name) for name in MODERN_DEFAULTS} == MODERN_DEFAULTS
+
+
+MODERN_DEFAULTS = dict(rotary=False, norm='layernorm', qk_norm=False, mlp='gelu', tie_weights=True, zero_init=False,
+                       logit_softcap=0.0)
 
 
 # GPT-2 checkpoints (OpenAI's, and Hugging Face's GPT2LMHeadModel) keep these as Conv1D weights,
@@ -43,6 +61,36 @@ class LayerNorm(nn.Module):
 
     def forward(self, x):
         return F.layer_norm(x, self.weight.shape, self.weight, self.bias, 1e-5)
+
+
+class RMSNorm(nn.Module):
+    """x / rms(x), times a learned gain unless parameter-free."""
+
+    def __init__(self, ndim, gain):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(ndim)) if gain else None
+
+    def forward(self, x):
+        return F.rms_norm(x, (x.size(-1),), self.weight, 1e-6)
+
+
+def make_norm(config):
+    if config.norm == 'layernorm':
+        return LayerNorm(config.n_embd, bias=config.bias)
+    return RMSNorm(config.n_embd, gain=config.norm == 'rmsnorm')
+
+
+def rotary_tables(head_size, positions, base):
+    """cos and sin of each position's angle per frequency, (T, head_size // 2)."""
+    inv_freq = 1.0 / base ** (torch.arange(0, head_size, 2, dtype=torch.float32, device=positions.device) / head_size)
+    angles = positions.float()[:, None] * inv_freq[None, :]
+    return angles.cos(), angles.sin()
+
+
+def apply_rotary(x, cos, sin):
+    """Rotate each pair (first half, second half) of x's head dimensions by its position's angle."""
+    x1, x2 = x.float().chunk(2, dim=-1)
+    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).type_as(x)
 
 
 class KVCache:
@@ -78,13 +126,18 @@ class CausalSelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(config.dropout)
         self.n_head = config.n_head
         self.dropout = config.dropout
+        self.qk_norm = config.qk_norm
         # fused attention (flash kernels on GPUs that have them); the explicit math is the fallback
         self.flash = hasattr(F, 'scaled_dot_product_attention')
 
-    def forward(self, x, kv_cache=None):
+    def forward(self, x, kv_cache=None, rotary=None):
         B, T, C = x.size()
         q, k, v = self.c_attn(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+        if self.qk_norm:
+            q, k = F.rms_norm(q, (q.size(-1),), eps=1e-6), F.rms_norm(k, (k.size(-1),), eps=1e-6)
+        if rotary is not None:  # keys are cached already rotated: each by its own position
+            q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
         if kv_cache is not None:
             k, v = kv_cache.append(k, v)
         # new queries sit at the end of the key sequence; one query may see every key, more need the mask
@@ -104,12 +157,17 @@ class CausalSelfAttention(nn.Module):
         return self.resid_dropout(self.c_proj(y))
 
 
+class ReLUSquared(nn.Module):
+    def forward(self, x):
+        return F.relu(x).square()
+
+
 class MLP(nn.Module):
 
     def __init__(self, config):
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.gelu = nn.GELU(approximate=config.gelu_approximate)
+        self.gelu = nn.GELU(approximate=config.gelu_approximate) if config.mlp == 'gelu' else ReLUSquared()
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
@@ -122,13 +180,13 @@ class Block(nn.Module):
 
     def __init__(self, config):
         super().__init__()
-        self.ln_1 = LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_1 = make_norm(config)
         self.attn = CausalSelfAttention(config)
-        self.ln_2 = LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_2 = make_norm(config)
         self.mlp = MLP(config)
 
-    def forward(self, x, kv_cache=None):
-        x = x + self.attn(self.ln_1(x), kv_cache)
+    def forward(self, x, kv_cache=None, rotary=None):
+        x = x + self.attn(self.ln_1(x), kv_cache, rotary)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -141,22 +199,34 @@ class GPT(nn.Module):
                 raise ValueError(f"{name} must be a positive integer, not {getattr(config, name)!r}")
         if not 0.0 <= config.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), not {config.dropout}")
+        if config.norm not in ('layernorm', 'rmsnorm', 'rmsnorm_free') or config.mlp not in ('gelu', 'relu2'):
+            raise ValueError(f"norm takes layernorm, rmsnorm or rmsnorm_free (not {config.norm!r}) and mlp "
+                             f"gelu or relu2 (not {config.mlp!r})")
+        if config.rotary and (config.n_embd // config.n_head) % 2:
+            raise ValueError(f"rotary needs an even head size, not n_embd / n_head = {config.n_embd / config.n_head:g}")
+        if config.logit_softcap < 0:
+            raise ValueError(f"logit_softcap must be 0 (off) or positive, not {config.logit_softcap}")
         self.config = config
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(config.vocab_size, config.n_embd),
-            wpe=nn.Embedding(config.block_size, config.n_embd),
+            **({} if config.rotary else {'wpe': nn.Embedding(config.block_size, config.n_embd)}),
             drop=nn.Dropout(config.dropout),
             h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
-            ln_f=LayerNorm(config.n_embd, bias=config.bias),
+            ln_f=make_norm(config),
         ))
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        # weight tying: the input embedding and the output projection share one matrix
-        self.transformer.wte.weight = self.lm_head.weight
+        if config.tie_weights:  # the input embedding and the output projection share one matrix
+            self.transformer.wte.weight = self.lm_head.weight
         self.apply(self._init_weights)
-        # GPT-2 scales the init of projections into the residual stream by 1/sqrt(number of them)
+        # GPT-2 scales the init of projections into the residual stream by 1/sqrt(number of them);
+        # zero_init starts them (and an untied head) at zero, so each block begins as the identity
         for name, p in self.named_parameters():
             if name.endswith('c_proj.weight'):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+        if config.zero_init:
+            for name, p in self.named_parameters():
+                if name.endswith('c_proj.weight') or (name == 'lm_head.weight' and not config.tie_weights):
+                    nn.init.zeros_(p)
 
     def _init_weights(self, module):
         if isinstance(module, (nn.Linear, nn.Embedding)):
@@ -165,10 +235,13 @@ class GPT(nn.Module):
             nn.init.zeros_(module.bias)
 
     def get_num_params(self, non_embedding=True):
-        """Parameter count; by default without the position embeddings (the token embeddings
-        count, since they double as the output layer)."""
+        """Parameter count; by default without the embeddings that are only looked up: the position
+        embeddings, and the token embeddings unless they double as the output layer."""
         n = sum(p.numel() for p in self.parameters())
-        return n - self.transformer.wpe.weight.numel() if non_embedding else n
+        if non_embedding:
+            n -= self.transformer.wpe.weight.numel() if 'wpe' in self.transformer else 0
+            n -= 0 if self.config.tie_weights else self.transformer.wte.weight.numel()
+        return n
 
     def forward(self, idx, targets=None, kv_caches=None):
         """Logits (and the loss, given targets). Without targets only the last position's logits
@@ -178,13 +251,20 @@ class GPT(nn.Module):
         if start + T > self.config.block_size:
             raise ValueError(f"cannot forward {start + T} tokens, block_size is only {self.config.block_size}")
         pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        x, rotary = self.transformer.wte(idx), None
+        if self.config.rotary:  # positions enter as rotations of queries and keys, in every layer
+            rotary = rotary_tables(self.config.n_embd // self.config.n_head, pos, self.config.rotary_base)
+        else:
+            x = x + self.transformer.wpe(pos)
+        x = self.transformer.drop(x)
         for i, block in enumerate(self.transformer.h):
-            x = block(x, kv_caches[i] if kv_caches else None)
+            x = block(x, kv_caches[i] if kv_caches else None, rotary)
         x = self.transformer.ln_f(x)
+        logits = self.lm_head(x if targets is not None else x[:, [-1], :])  # [-1] as a list keeps the time dimension
+        if self.config.logit_softcap:
+            logits = self.config.logit_softcap * torch.tanh(logits / self.config.logit_softcap)
         if targets is None:
-            return self.lm_head(x[:, [-1], :]), None  # [-1] as a list keeps the time dimension
-        logits = self.lm_head(x)
+            return logits, None
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
         return logits, loss
 
@@ -193,7 +273,8 @@ class GPT(nn.Module):
         if block_size > self.config.block_size:
             raise ValueError(f"block_size {block_size} is larger than the model's {self.config.block_size}")
         self.config.block_size = block_size
-        self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size])
+        if 'wpe' in self.transformer:
+            self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size])
 
     @classmethod
     def from_pretrained(cls, name_or_dir, override_args=None):
@@ -225,10 +306,11 @@ class GPT(nn.Module):
                 ours[k].copy_(v.t() if k.endswith(HF_TRANSPOSED) else v)
         return model
 
-    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
+    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type, params=None):
         """AdamW with weight decay on matrices and embeddings (2-D) only, never on biases and
-        norms; the fused kernel wherever this torch has one for the device (CPU included)."""
-        params = [p for p in self.parameters() if p.requires_grad]
+        norms; the fused kernel wherever this torch has one for the device (CPU included).
+        params: the parameters to optimise, if not all of them."""
+        params = [p for p in (self.parameters() if params is None else params) if p.requires_grad]
         groups = [
             {'params': [p for p in params if p.dim() >= 2], 'weight_decay': weight_decay},
             {'params': [p for p in params if p.dim() < 2], 'weight_decay': 0.0},

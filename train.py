@@ -24,11 +24,12 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 import checkpoints
 import data_files
 import errors
+import optimizers
 import parallel
 import report
 import runtime
 from configurator import configure
-from model import GPT, GPTConfig
+from model import GPT, MODERN_DEFAULTS, GPTConfig
 
 # -----------------------------------------------------------------------------
 # default settings train GPT-2 (124M) on OpenWebText, as in the original
@@ -55,7 +56,20 @@ n_head = 12
 n_embd = 768
 dropout = 0.0  # 0 for pretraining; try 0.1+ for finetuning
 bias = False  # biases inside LayerNorm and Linear layers
-# AdamW optimizer
+# the modern recipe, each choice on its own (config/*_modern.py turn on the measured best set; README)
+rotary = False  # rotary position embeddings instead of learned ones
+norm = 'layernorm'  # 'rmsnorm' (with a gain) or 'rmsnorm_free' (without)
+qk_norm = False  # RMS-normalise queries and keys per head
+mlp = 'gelu'  # 'relu2': ReLU squared
+tie_weights = True  # False: an output head of its own
+zero_init = False  # residual projections (and an untied head) start at zero
+logit_softcap = 0.0  # > 0: logits = cap * tanh(logits / cap)
+# optimizer: 'adamw' as in the original, or 'muon': Muon for the blocks' matrices, AdamW for the rest
+optimizer = 'adamw'
+muon_learning_rate = 0.02  # Muon's peak learning rate; it follows the same warmup and decay
+muon_momentum = 0.95
+muon_weight_decay = 0.0
+# AdamW
 learning_rate = 6e-4  # peak learning rate
 max_iters = 600000  # optimizer steps in total
 weight_decay = 1e-1
@@ -72,7 +86,7 @@ backend = 'auto'  # DDP backend: 'auto' is nccl on CUDA, gloo on CPU
 device = 'auto'  # 'auto' (cuda, then mps, then cpu), 'cpu', 'cuda', 'cuda:1', 'mps'
 dtype = 'auto'  # 'auto' (bfloat16 on CUDA where supported, else float16; float32 elsewhere), 'float32', 'bfloat16', 'float16'
 compile = 'auto'  # torch.compile the model; 'auto' is on for CUDA only
-onednn = 'auto'  # CPU, float32: Linear layers' matmuls in oneDNN (AVX-512 on AMD too, where MKL uses AVX2); 'auto' is on for x86 CPUs
+onednn = 'auto'  # CPU, float32: Linear layers' matmuls in oneDNN; 'auto' times both on this machine and takes the faster
 seed = 1337  # drives the init, the batches and dropout
 # -----------------------------------------------------------------------------
 config, explicit = configure(globals())
@@ -98,8 +112,9 @@ bin_paths = data_files.dataset_paths(data_dir)
 
 # model: from scratch, or resumed from a checkpoint in out_dir
 iter_num, best_val_loss, checkpoint = 0, float('inf'), None
-model_args = dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size,
-                  bias=bias, vocab_size=meta['vocab_size'] if meta else 50304, dropout=dropout)
+model_args = dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, bias=bias,
+                  vocab_size=meta['vocab_size'] if meta else 50304, dropout=dropout,
+                  **{k: config[k] for k in MODERN_DEFAULTS})
 if init_from == 'scratch':
     try:
         model = GPT(GPTConfig(**model_args))
@@ -109,7 +124,7 @@ elif init_from == 'resume':
     resume_path = checkpoints.latest_checkpoint(out_dir)  # last.pt if a stopped run got further than ckpt.pt
     checkpoint = checkpoints.load_checkpoint(resume_path, rt.device)
     for k in checkpoints.MODEL_SHAPE_KEYS:
-        saved = checkpoint['model_args'][k]
+        saved = {**MODERN_DEFAULTS, **checkpoint['model_args']}[k]
         if k in explicit and config[k] != saved:
             errors.fail(f"cannot resume with {k}={config[k]}: the checkpoint in {out_dir} has {k}={saved}; "
                         f"drop --{k} or start a new run in another out_dir")
@@ -126,28 +141,34 @@ elif checkpoints.is_pretrained(init_from):  # OpenAI's GPT-2 weights, or a Huggi
             errors.fail(f"{init_from} has {k}={getattr(model.config, k)}, not {config[k]}; drop --{k}")
 else:
     errors.fail(f"unknown init_from {init_from!r}; use 'scratch', 'resume', a GPT-2 name or a Hugging Face folder")
-if init_from != 'scratch':
-    model_args.update({k: getattr(model.config, k) for k in checkpoints.MODEL_SHAPE_KEYS})
-    if 'block_size' not in explicit or init_from == 'resume':
-        block_size = model.config.block_size
+if init_from != 'scratch' and ('block_size' not in explicit or init_from == 'resume'):
+    block_size = model.config.block_size
 if block_size > model.config.block_size:
     errors.fail(f"block_size {block_size} is larger than the model's {model.config.block_size}")
 if block_size < model.config.block_size:  # e.g. finetuning GPT-2 on shorter blocks
     model.crop_block_size(block_size)
-    model_args['block_size'] = block_size
-config.update({k: model_args[k] for k in checkpoints.MODEL_SHAPE_KEYS})  # what the checkpoint's model really is
+model_args = checkpoints.model_args_of(model.config)  # what the checkpoint's model really is
+config.update({k: getattr(model.config, k) for k in checkpoints.MODEL_SHAPE_KEYS})
 vocab_size = model.config.vocab_size
 if meta and meta['vocab_size'] != vocab_size:
     errors.fail(f"the model's vocabulary ({vocab_size} tokens) differs from {data_dir}/meta.pkl "
                 f"({meta['vocab_size']}); train on the dataset the checkpoint was made for")
 unscanned_splits = data_files.check_bins(bin_paths, block_size, vocab_size)  # too big to scan: checked per batch
 tokens_per_iter = gradient_accumulation_steps * rt.world_size * batch_size * block_size
-runtime.place_model(model, rt, rows=batch_size * block_size)
+runtime.place_model(model, rt, rows=batch_size * block_size, resumed_onednn=checkpoint and checkpoint.get('onednn'))
 
 scaler = torch.amp.GradScaler(rt.device_type, enabled=rt.dtype == 'float16')  # no-op unless float16
-optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), rt.device_type)
+if optimizer not in optimizers.OPTIMIZERS or (optimizer == 'muon' and learning_rate <= 0):
+    errors.fail(f"--optimizer takes {' or '.join(optimizers.OPTIMIZERS)} (not {optimizer!r}); muon needs a "
+                f"learning_rate above 0 for AdamW's share")
+optimizer = optimizers.configure(model, optimizer, weight_decay, learning_rate, (beta1, beta2), rt.device_type,
+                                 muon_learning_rate, muon_momentum, muon_weight_decay)
 if checkpoint is not None:
-    optimizer.load_state_dict(checkpoint['optimizer'])
+    try:
+        optimizer.load_state_dict(checkpoint['optimizer'])
+    except (KeyError, ValueError, TypeError):
+        errors.fail(f"the checkpoint's optimizer state is not {config['optimizer']}'s; resume with --optimizer="
+                    f"{checkpoint.get('config', {}).get('optimizer', 'adamw')}, the optimizer it was trained with")
     if checkpoint.get('scaler'):  # empty unless the checkpoint was trained in float16
         scaler.load_state_dict(checkpoint['scaler'])
 raw_model = model
@@ -218,7 +239,7 @@ def save(path):
         'scaler': scaler.state_dict(), 'rng': parallel.gather_from_ranks(checkpoints.rng_state(), rt), 'meta': meta,
         # beyond the original's model_args, which must stay loadable by it
         'model_extra_args': {'gelu_approximate': raw_model.config.gelu_approximate},
-        'wandb_run_id': wandb_run_id,
+        'wandb_run_id': wandb_run_id, 'onednn': rt.onednn,
     }
     if rt.master:
         checkpoints.save_checkpoint(checkpoint, path)
@@ -245,7 +266,9 @@ if rt.master:
     processes = f"{rt.world_size} processes (DDP, {rt.backend})" if rt.ddp else "1 process"
     print(f"device {rt.device}, dtype {rt.dtype}, compile {rt.compile}, {processes}{runtime.describe_linears(rt)}")
     print(f"model: {report.format_count(n_params)} parameters ({model_args['n_layer']} layers, {model_args['n_head']} "
-          f"heads, {model_args['n_embd']} wide, context {block_size}, vocabulary {vocab_size})")
+          f"heads, {model_args['n_embd']} wide, context {block_size}, vocabulary {vocab_size})"
+          + (f"; modern: {report.describe_choices(raw_model.config)}" if not raw_model.config.is_classic() else '')
+          + f"; optimizer: {config['optimizer']}")
     print(f"{tokens_per_iter:,} tokens per iteration ({batch_size} sequences x {block_size} tokens x "
           f"{gradient_accumulation_steps * rt.world_size} micro-steps); {max_iters:,} iterations; out_dir {out_dir}")
     if init_from == 'resume':
@@ -273,7 +296,7 @@ t0, t0_iter, last_check = time.time(), iter_num, iter_num
 while True:
     lr = get_lr(iter_num)
     for group in optimizer.param_groups:
-        group['lr'] = lr
+        group['lr'] = lr * group.get('lr_scale', 1.0)  # Muon's groups: their own peak, the same schedule
 
     # evaluate, and checkpoint when val loss improves (or always, if asked); not again right after a resume
     if eval_only or iter_num == max_iters or (iter_num % eval_interval == 0 and iter_num != start_iter) \

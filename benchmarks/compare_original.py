@@ -22,13 +22,10 @@ import subprocess
 import sys
 import time
 
-import numpy as np
-import torch
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import checkpoints  # noqa: E402
 import errors  # noqa: E402
 from configurator import configure  # noqa: E402
+from whole_val import whole_val_loss  # noqa: E402  (beside this script)
 
 original = ''  # path of the original nanoGPT checkout
 pairs = 3  # alternating runs of each
@@ -76,26 +73,6 @@ def run_ours():
 
 
 
-def whole_val_loss(block_size=64, blocks_per_batch=256):
-    """Mean cross-entropy of out_dir/ckpt.pt over every block of val.bin (both scripts save there;
-    None when a run too short to evaluate saved nothing)."""
-    path = os.path.join(out_dir, 'ckpt.pt')
-    if not os.path.exists(path):
-        return None
-    model = checkpoints.model_from_checkpoint(checkpoints.load_checkpoint(path), path).eval()
-    val = np.fromfile(os.path.join(data, 'val.bin'), dtype=np.uint16).astype(np.int64)
-    n_blocks = (len(val) - 1) // block_size
-    inputs = torch.from_numpy(val[:n_blocks * block_size]).view(n_blocks, block_size)
-    targets = torch.from_numpy(val[1:n_blocks * block_size + 1]).view(n_blocks, block_size)
-    total = 0.0
-    with torch.no_grad():
-        for i in range(0, n_blocks, blocks_per_batch):
-            batch = slice(i, i + blocks_per_batch)
-            _, loss = model(inputs[batch], targets[batch])
-            total += loss.item() * len(inputs[batch])
-    return round(total / n_blocks, 4)
-
-
 ratios = []
 for pair in range(pairs):
     medians = {}
@@ -106,7 +83,7 @@ for pair in range(pairs):
         medians[name], wall = statistics.median(times), time.time() - start
         record = {'bench': 'compare_original', 'run': name, 'pair': pair, 'max_iters': max_iters,
                   'median_ms_per_iter': round(medians[name], 2), 'best_val_loss': round(best_val, 4),
-                  'whole_val_loss': whole_val_loss(),
+                  'whole_val_loss': whole_val_loss(out_dir, data),
                   'wall_s': round(wall, 1), 'compile': ours_compile if name == 'ours' else False,
                   'extra': extra}
         print(json.dumps(record), flush=True)

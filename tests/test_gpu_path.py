@@ -2,7 +2,6 @@
 a NaN that stops every rank, dtype choices and resumes across them, the right GPU, and the one
 command that checks it all on a real GPU (run here with tiny shapes)."""
 import json
-import os
 import subprocess
 import sys
 

@@ -1,0 +1,119 @@
+"""The modern recipe (config/modern.py): each choice on its own, off by default, and a modern model
+trains, resumes exactly, samples with the KV cache and is refused where it cannot be expressed."""
+import dataclasses
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import optimizers
+from conftest import REPO, TINY_MODEL, _env, assert_one_line_error
+from model import GPT, MODERN_DEFAULTS, GPTConfig, KVCache
+
+BEFORE_THE_MODERN_RECIPE = '4ae0f4d'  # the last commit without it
+MODERN = [str(REPO / 'config' / 'modern.py')]
+
+
+def test_with_every_new_setting_off_training_is_bit_identical_to_before(run, tmp_path, char_data):
+    old = tmp_path / 'old'
+    old.mkdir()
+    archive = subprocess.run(['git', '-C', str(REPO), 'archive', BEFORE_THE_MODERN_RECIPE], capture_output=True)
+    if archive.returncode:
+        pytest.skip(f"the repo's history (commit {BEFORE_THE_MODERN_RECIPE}) is not in this checkout")
+    subprocess.run(['tar', '-x', '-C', str(old)], input=archive.stdout, check=True)
+    args = ['--dataset=tiny', *TINY_MODEL, '--max_iters=50', '--eval_interval=50', '--onednn=False']
+    subprocess.run([sys.executable, str(old / 'train.py'), *args, '--out_dir=before'], cwd=tmp_path,
+                   capture_output=True, timeout=120, env=_env(), check=True)
+    run('train.py', *args, '--out_dir=now')
+    before, now = (torch.load(tmp_path / name / 'ckpt.pt', weights_only=True) for name in ('before', 'now'))
+    assert before['model'].keys() == now['model'].keys()
+    assert all(torch.equal(before['model'][k], now['model'][k]) for k in before['model'])
+    assert before['model_args'] == now['model_args']  # what the original nanoGPT reads
+
+
+def test_a_modern_model_trains_resumes_exactly_samples_and_benches(run, tmp_path, char_data):
+    args = ['--dataset=tiny', *MODERN, *TINY_MODEL, '--eval_interval=10', '--always_save_checkpoint=True']
+    run('train.py', *args, '--max_iters=20', '--out_dir=straight')
+    run('train.py', *args, '--max_iters=10', '--out_dir=split')
+    result = run('train.py', *args, '--max_iters=20', '--out_dir=split', '--init_from=resume')
+    assert 'done: 20 iterations' in result.stdout
+    straight, split = (torch.load(tmp_path / d / 'ckpt.pt', weights_only=True) for d in ('straight', 'split'))
+    assert all(torch.equal(straight['model'][k], split['model'][k]) for k in straight['model'])
+    assert straight['optimizer'].keys() == {'muon', 'adamw'}
+    # the checkpoint names its modern choices, so the original nanoGPT's GPTConfig refuses it
+    assert {k: straight['model_args'][k] for k in ('rotary', 'qk_norm', 'mlp', 'tie_weights')} == \
+        dict(rotary=True, qk_norm=True, mlp='relu2', tie_weights=False)
+    original_config = dataclasses.make_dataclass('GPTConfig', ['block_size', 'vocab_size', 'n_layer', 'n_head', 'n_embd',
+                                                               'dropout', 'bias'])
+    with pytest.raises(TypeError):
+        original_config(**straight['model_args'])
+    # sampling past the context window (16): with the KV cache and without, the same tokens
+    samples = [run('sample.py', '--out_dir=straight', '--num_samples=2', '--max_new_tokens=40', '--start=the',
+                   f'--kv_cache={cache}').stdout for cache in (True, False)]
+    assert samples[0] == samples[1] and samples[0].startswith('the')
+    assert_one_line_error(run('export_hf.py', '--out_dir=straight', expect=None), 'modern-recipe model', 'sample.py')
+    # bench.py times the modern step, with the FLOPs of the model it built
+    run('bench.py', *MODERN, *TINY_MODEL[:5], '--vocab_size=65', '--bench_iters=2', '--warmup_iters=1',
+        '--results_file=bench.jsonl')
+    record = json.loads((tmp_path / 'bench.jsonl').read_text())
+    assert record['optimizer'] == 'muon' and record['model']['rotary'] and record['mfu'] > 0
+
+
+def test_muon_under_ddp_keeps_every_rank_identical(tmp_path, char_data):
+    result = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
+                             str(REPO / 'train.py'), '--dataset=tiny', '--out_dir=out', *TINY_MODEL, '--max_iters=10',
+                             '--eval_interval=10', '--optimizer=muon', '--gradient_accumulation_steps=2'],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=120, env=_env())
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert 'weights identical on all 2 ranks' in result.stdout
+
+
+def test_resuming_with_another_optimizer_is_a_one_line_error(run, trained):
+    result = run('train.py', '--dataset=tiny', '--init_from=resume', '--optimizer=muon', '--max_iters=40',
+                 '--device=cpu', expect=None)
+    assert_one_line_error(result, 'resume with --optimizer=adamw')
+    for bad, says in (('--norm=batchnorm', 'norm takes layernorm'), ('--optimizer=sgd', 'adamw or muon')):
+        assert_one_line_error(run('train.py', '--dataset=tiny', *TINY_MODEL, bad, '--out_dir=new', expect=None), says)
+
+
+@pytest.mark.parametrize('choice', [dict(rotary=True), dict(norm='rmsnorm'), dict(norm='rmsnorm_free'),
+                                    dict(qk_norm=True), dict(mlp='relu2'), dict(logit_softcap=10.0),
+                                    dict(tie_weights=False, zero_init=True), dict(MODERN_DEFAULTS)])
+def test_each_choice_caches_keys_and_values_exactly(choice):
+    # a whole sequence at once, and a prompt then one token at a time through the cache: the same logits
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=16, block_size=16, vocab_size=65, **choice)).eval()
+    for p in model.parameters():  # zero_init's zeros would make every comparison trivially equal
+        torch.nn.init.normal_(p, std=0.1)
+    x = torch.randint(65, (2, 12))
+    whole, _ = model(x, x)
+    caches = [KVCache() for _ in model.transformer.h]
+    stepwise = [model(x[:, :5], kv_caches=caches)[0]] + [model(x[:, [i]], kv_caches=caches)[0] for i in range(5, 12)]
+    torch.testing.assert_close(torch.cat(stepwise, 1), whole[:, 4:], rtol=1e-5, atol=1e-5)
+    assert GPTConfig(**choice).is_classic() == (choice == MODERN_DEFAULTS)
+
+
+def test_what_each_choice_changes_in_the_model():
+    base = dict(n_layer=2, n_head=2, n_embd=16, block_size=16, vocab_size=65)
+    classic, modern = GPT(GPTConfig(**base)), GPT(GPTConfig(**base, rotary=True, norm='rmsnorm_free',
+                                                               tie_weights=False, zero_init=True))
+    assert 'transformer.wpe.weight' in classic.state_dict() and 'transformer.wpe.weight' not in modern.state_dict()
+    assert not any(name.startswith('transformer.ln_f') for name in modern.state_dict())  # parameter-free norms
+    assert modern.lm_head.weight is not modern.transformer.wte.weight and not modern.lm_head.weight.any()
+    assert not any(p.any() for name, p in modern.named_parameters() if name.endswith('c_proj.weight'))
+    # FLOPs count the untied head's matmul but not the embedding lookups
+    blocks = sum(p.numel() for p in modern.transformer.h.parameters())
+    assert modern.get_num_params() == blocks + modern.lm_head.weight.numel()
+    # Muon takes exactly the blocks' matrices; AdamW the embeddings, the head, norms and biases
+    taken = {id(p) for p in optimizers.muon_params(modern)}
+    assert taken == {id(p) for name, p in modern.named_parameters() if '.h.' in name and p.dim() == 2}
+    assert id(modern.lm_head.weight) not in taken and id(modern.transformer.wte.weight) not in taken
+
+
+def test_modern_config_is_a_switch_over_any_recipe(run, char_data):
+    out = run('train.py', str(REPO / 'config' / 'train_shakespeare_char_cpu.py'), *MODERN, '--dataset=tiny',
+              '--max_iters=0', '--eval_only=True', '--out_dir=out').stdout
+    assert 'modern: rotary, norm=rmsnorm_free, qk_norm, mlp=relu2, untied head, zero init' in out
+    assert 'optimizer: muon' in out

@@ -8,10 +8,11 @@ $ python benchmarks/fsdp_memory.py --ranks=1,8 --device=cuda  # GPUs of one mach
 
 Each configuration is one `torchrun --standalone` of this script, which then measures on every rank
 (the --mode setting says which parallelism; empty is the launcher). A step is one micro-batch of
-batch_size x tokens: activations are not what is measured here, and stay small. Peak resident
-memory (and peak GPU memory on CUDA) are reported next to the count; they also hold torch itself,
-the activations, DDP's gradient buckets and FSDP's all-gathered blocks. One JSON line per rank
-goes to the results file; the table shows the largest rank.
+batch_size x tokens: activations are not what is measured here, and stay small. Not counted:
+DDP's gradient buckets (another gradient-sized buffer), FSDP's all-gathered block of the moment,
+activations and torch itself. The JSON lines (one per rank, in results_file) also hold each
+rank's peak resident memory, and peak GPU memory on CUDA; on a CPU the peak is set by every rank
+building the whole model before it is sharded, so it says little. The table shows the largest rank.
 """
 import json
 import os
@@ -22,6 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 from torch.nn.parallel import DistributedDataParallel as DDP  # noqa: E402
 
+import parallel  # noqa: E402
 import runtime  # noqa: E402
 import sharding  # noqa: E402
 from configurator import configure  # noqa: E402
@@ -54,22 +56,23 @@ if mode:  # a torchrun worker
     trained(x[:, :-1], x[:, 1:])[1].backward()
     optimizer.step()  # the gradients stay, to be counted
     params = list(model.parameters())
-    print(json.dumps({
+    row = {
         'bench': 'fsdp_memory', 'mode': mode, 'world_size': rt.world_size, 'rank': rt.rank, 'device': rt.device_type,
         'params_bytes': tensor_bytes(params), 'grads_bytes': tensor_bytes(p.grad for p in params),
         'optimizer_bytes': tensor_bytes(v for state in optimizer.state.values() for v in state.values()
                                         if isinstance(v, torch.Tensor)),
-        **runtime.peak_memory_gb(rt)}), flush=True)
-    torch.distributed.barrier()
+        **runtime.peak_memory_gb(rt)}
+    rows = parallel.gather_from_ranks(row, rt)  # rank 0 prints them all: lines from several processes would mix
+    if rt.master:
+        print('\n'.join(map(json.dumps, rows)), flush=True)
     torch.distributed.destroy_process_group()
     sys.exit(0)
 
 cpu = next((line.split(':', 1)[1].strip() for line in open('/proc/cpuinfo') if line.startswith('model name')),
            'unknown CPU') if os.path.exists('/proc/cpuinfo') else 'unknown CPU'
 print(f"GPT-2 shape: {n_layer} layers, {n_embd} wide, vocabulary {vocab_size}; {device}: {cpu}")
-print("| processes | mode | parameters MB | gradients MB | AdamW state MB | total MB per rank | vs 1 process "
-      "| peak RSS GB |")
-print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+print("| processes | mode | parameters MiB | gradients MiB | AdamW state MiB | total MiB per rank | vs the first |")
+print("| --- | --- | --- | --- | --- | --- | --- |")
 alone = {}
 for n in map(int, ranks.split(',')):
     for each in modes.split(','):
@@ -88,5 +91,4 @@ for n in map(int, ranks.split(',')):
         alone.setdefault(each, total)
         mb = lambda b: f"{b / 2**20:,.1f}"  # noqa: E731
         print(f"| {n} | {each.upper()} | {mb(largest['params_bytes'])} | {mb(largest['grads_bytes'])} | "
-              f"{mb(largest['optimizer_bytes'])} | {mb(total)} | {total / alone[each]:.3f} | "
-              f"{max(r['peak_rss_gb'] for r in rows):.2f} |", flush=True)
+              f"{mb(largest['optimizer_bytes'])} | {mb(total)} | {total / alone[each]:.3f} |", flush=True)

@@ -40,6 +40,11 @@ def shard(model, runtime):
     """Wrap every Block, then the whole GPT (embeddings, final norm, head), with fully_shard on a
     mesh of all ranks. The parameters become DTensors holding this rank's rows, on runtime.device.
     Call it before creating the optimizer, which must see the sharded parameters."""
+    if runtime.dtype == 'float16':
+        # float16 needs loss scaling; torch's sharded loss scaler and its fused AdamW do not work
+        # together (torch 2.13), and a plain scaler would let ranks disagree on skipping a step
+        fail("--fsdp=True trains in bfloat16 or float32, not float16; use --dtype=bfloat16 where the GPU "
+             "has it, --dtype=float32, or DDP (drop --fsdp) for float16")
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
     mesh = init_device_mesh(runtime.device_type, (runtime.world_size,))
@@ -50,7 +55,7 @@ def shard(model, runtime):
             on_device = tensor.to(runtime.device)
             torch.distributed.broadcast(on_device, src=0)
             tensor.copy_(on_device)
-    # In bfloat16/float16 the all-gathered weights, the matmuls and the activations are in that
+    # In bfloat16 the all-gathered weights, the matmuls and the activations are in that
     # dtype; the shards AdamW updates stay float32, and gradients are reduced (and accumulated
     # between micro-steps) in float32. Autocast stays on as under DDP: with weights already in
     # low precision it casts no matmul input, and it keeps layer norm, softmax and the loss in
@@ -61,12 +66,6 @@ def shard(model, runtime):
     # the root's weights (embeddings, tied head) are needed again first thing in backward
     fully_shard(model, mesh=mesh, mp_policy=policy, reshard_after_forward=False)
     return model
-
-
-def grad_scaler(runtime):
-    """float16's loss scaling, with inf/NaN found on any rank's shard skipping the step on every rank."""
-    from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
-    return ShardedGradScaler(runtime.device_type, enabled=runtime.dtype == 'float16')
 
 
 def local(tensor):

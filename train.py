@@ -152,8 +152,6 @@ if fsdp:  # block by block onto the device, sharded: no rank ever holds the whol
 runtime.place_model(model, rt, rows=batch_size * block_size)
 
 scaler = torch.amp.GradScaler(rt.device_type, enabled=rt.dtype == 'float16')  # no-op unless float16
-if fsdp:  # the same, but an inf in any rank's shards skips the step on every rank
-    scaler = sharding.grad_scaler(rt)
 optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), rt.device_type)
 if checkpoint is not None:
     if fsdp:

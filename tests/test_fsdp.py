@@ -4,6 +4,7 @@ import json
 import shutil
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -98,3 +99,10 @@ def test_fsdp_refuses_what_it_cannot_do(monkeypatch, capsys, device, optimizer, 
     assert exit_.value.code == 2
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and message in error
+
+
+def test_fsdp_refuses_float16(capsys):
+    # checked before anything is sharded ('auto' picks float16 on GPUs without bfloat16)
+    with pytest.raises(SystemExit):
+        sharding.shard(None, SimpleNamespace(dtype='float16'))
+    assert '--fsdp=True trains in bfloat16 or float32, not float16' in capsys.readouterr().err

@@ -11,6 +11,7 @@ FSDP is used, not in every run of train.py.
 """
 import os
 import sys
+import warnings
 
 import torch
 
@@ -65,6 +66,9 @@ def shard(model, runtime):
         fully_shard(block, mesh=mesh, mp_policy=policy)
     # the root's weights (embeddings, tied head) are needed again first thing in backward
     fully_shard(model, mesh=mesh, mp_policy=policy, reshard_after_forward=False)
+    # FSDP warns once that the logits it returns are a view, which an in-place op could break;
+    # the training loop only ever reads them
+    warnings.filterwarnings('ignore', message='FSDP2-wrapped module .* returned a view tensor')
     return model
 
 

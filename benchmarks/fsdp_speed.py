@@ -14,6 +14,7 @@ over rounds. Peak GPU memory is rank 0's. One JSON line per run goes to results_
 """
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -55,7 +56,7 @@ def train(mode, shape_name, n_iters, batch):
                '--dataset=random', f'--out_dir={out_dir}', f'--n_layer={n_layer}', f'--n_head={n_head}',
                f'--n_embd={n_embd}', f'--block_size={block}', f'--batch_size={batch}',
                f'--gradient_accumulation_steps={gradient_accumulation_steps or 2 * nproc}', f'--max_iters={n_iters}',
-               '--eval_iters=1', '--eval_interval=100000', '--log_interval=5', '--learning_rate=0', '--warmup_iters=0',
+               '--eval_iters=1', '--eval_interval=100000', '--log_interval=5', '--learning_rate=0', '--decay_lr=False',
                f'--device={device}', f'--dtype={dtype}', f'--compile={compile}', f'--fsdp={mode == "fsdp"}']
     result = subprocess.run(command, cwd=work, capture_output=True, text=True)
     events = []
@@ -67,27 +68,32 @@ def train(mode, shape_name, n_iters, batch):
     row = dict(bench='fsdp_speed', mode=mode, shape=shape_name, nproc=nproc, batch_size=batch, device=device,
                ok=result.returncode == 0, tokens_per_s=statistics.median(steps) if steps else None,
                peak_gpu_gb=done.get('peak_gpu_gb'), peak_rss_gb=done.get('peak_rss_gb'),
-               error=None if result.returncode == 0 else (result.stderr.strip().splitlines() or ['?'])[-1][:200])
+               error=None if result.returncode == 0 else next(
+                   (line for line in result.stderr.splitlines() if 'out of memory' in line.lower() or 'error:' in line),
+                   (result.stderr.strip().splitlines() or ['?'])[-1])[:200])
     with open(results_file, 'a') as f:
         f.write(json.dumps(row) + '\n')
     print(json.dumps(row), flush=True)
     return row
 
 
-speeds = {'ddp': [], 'fsdp': []}
-for _ in range(rounds):
-    for mode in speeds:
-        row = train(mode, shape, iters, batch_size)
-        if not row['ok']:
-            sys.exit(f"{mode} failed: {row['error']}")
-        speeds[mode].append(row['tokens_per_s'])
-ddp, fsdp = statistics.median(speeds['ddp']), statistics.median(speeds['fsdp'])
-print(f"\n{shape}, {nproc} process(es) on {device}, batch {batch_size}: DDP {ddp:,.0f} tokens/s, FSDP {fsdp:,.0f} "
-      f"tokens/s (FSDP/DDP {fsdp / ddp:.3f}; medians of {rounds} rounds)")
-if largest:
-    print(f"\n| shape | DDP | FSDP |  (batch {largest_batch} x 1024, {nproc} process(es); peak GPU GB or the error)\n"
-          "| --- | --- | --- |")
-    for name in ('gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl'):
-        rows = [train(mode, name, 10, largest_batch) for mode in ('ddp', 'fsdp')]
-        print(f"| {name} | " + ' | '.join(f"{r['peak_gpu_gb']} GB" if r['ok'] else f"fails: {r['error']}"
-                                          for r in rows) + ' |', flush=True)
+try:
+    speeds = {'ddp': [], 'fsdp': []}
+    for _ in range(rounds):
+        for mode in speeds:
+            row = train(mode, shape, iters, batch_size)
+            if not row['ok']:
+                sys.exit(f"{mode} failed: {row['error']}")
+            speeds[mode].append(row['tokens_per_s'])
+    ddp, fsdp = statistics.median(speeds['ddp']), statistics.median(speeds['fsdp'])
+    print(f"\n{shape}, {nproc} process(es) on {device}, batch {batch_size}: DDP {ddp:,.0f} tokens/s, FSDP {fsdp:,.0f} "
+          f"tokens/s (FSDP/DDP {fsdp / ddp:.3f}; medians of {rounds} rounds)")
+    if largest:
+        print(f"\n| shape | DDP | FSDP |  (batch {largest_batch} x 1024, {nproc} process(es); peak GPU GB or the error)\n"
+              "| --- | --- | --- |")
+        for name in ('gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl'):
+            rows = [train(mode, name, 10, largest_batch) for mode in ('ddp', 'fsdp')]
+            print(f"| {name} | " + ' | '.join(f"{r['peak_gpu_gb']} GB" if r['ok'] else f"fails: {r['error']}"
+                                              for r in rows) + ' |', flush=True)
+finally:
+    shutil.rmtree(work)

@@ -71,15 +71,16 @@ def test_fsdp_trains_like_ddp_resumes_exactly_and_saves_one_process_checkpoints(
     for name, tensor in fsdp_ckpt['model'].items():
         assert torch.equal(split_ckpt['model'][name], tensor), name
 
-    # DDP's checkpoint resumed under FSDP, then sampled from and resumed by one process
+    # DDP's checkpoint resumed under FSDP, then sampled from by one process (one process resumes
+    # FSDP's checkpoints as it does DDP's: they are the same, as checked above)
     shutil.copytree(tmp_path / 'ddp', tmp_path / 'moved')
     resumed = torchrun(tmp_path, '--fsdp=True', '--out_dir=moved', '--max_iters=22', '--init_from=resume')
     assert 'resuming from moved/ckpt.pt at iteration 20' in resumed.stdout
-    assert load(tmp_path / 'moved' / 'ckpt.pt')['iter_num'] == 22
+    moved = load(tmp_path / 'moved' / 'ckpt.pt')
+    assert moved['iter_num'] == 22
+    assert all(state['step'] == 22 for state in moved['optimizer']['state'].values())  # AdamW went on from 20
     sample = run('sample.py', '--out_dir=moved', '--device=cpu', '--num_samples=1', '--max_new_tokens=20')
     assert len(sample.stdout) > 20
-    back = run('train.py', *RUN, '--out_dir=moved', '--max_iters=24', '--init_from=resume')
-    assert 'resuming from moved/ckpt.pt at iteration 22' in back.stdout and 'done: 24 iterations' in back.stdout
 
 
 def test_fsdp_without_torchrun_is_a_one_line_error(run, char_data):

@@ -12,6 +12,7 @@ import torch
 
 from errors import fail
 from model import GPT, MODERN_DEFAULTS, PRETRAINED, GPTConfig
+from sharding import local
 
 
 CKPT_NAME = 'ckpt.pt'  # the checkpoint train.py writes and sample.py reads, as in the original
@@ -56,15 +57,17 @@ def save_checkpoint(checkpoint, path):
     os.replace(tmp, path)
 
 
-def load_checkpoint(path, device='cpu'):
-    """Load a checkpoint of ours or of the original nanoGPT, or stop with a clear error."""
+def load_checkpoint(path, device='cpu', mmap=False):
+    """Load a checkpoint of ours or of the original nanoGPT, or stop with a clear error. With
+    mmap (device 'cpu' only) the tensors are read from the file as they are used, and processes
+    that load the same file share its pages."""
     if not os.path.exists(path):
         fail(f"no checkpoint at {path}; train one first (python train.py ...) "
              f"or point --out_dir at the folder that holds {CKPT_NAME}")
     try:
         with warnings.catch_warnings():  # the failure below says it better than torch's warnings
             warnings.simplefilter('ignore')
-            checkpoint = torch.load(path, map_location=device, weights_only=True)
+            checkpoint = torch.load(path, map_location=device, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError:  # weights_only refuses code objects: safer than running them
         fail(f"{path} is not a readable checkpoint (it holds Python objects, not just tensors and plain "
              f"values); load only checkpoints written by this repo or the original nanoGPT")
@@ -149,5 +152,6 @@ def checkpoint_iter(path):
 
 
 def all_finite(model):
-    """True when every parameter is finite: a diverged model is never written over a good one."""
-    return all(torch.isfinite(p).all() for p in model.parameters())
+    """True when every parameter is finite (under FSDP: this rank's shards of them): a diverged
+    model is never written over a good one."""
+    return all(torch.isfinite(local(p)).all() for p in model.parameters())

@@ -83,14 +83,14 @@ def keep_freed_memory():
         pass
 
 
-def place_model(model, runtime, rows, backward=True, resumed_onednn=None):
+def place_model(model, runtime, rows, backward=True, onednn_choice=None):
     """model on the runtime's device, its Linear layers in oneDNN where the runtime's onednn setting
     says so; 'auto' is decided here, for this model at rows rows per step (see onednn.py), and
-    runtime.onednn_speedup keeps what was measured. A resumed run passes the choice its checkpoint
-    recorded: 'auto' then keeps it (where it still works), so that the resume is exact."""
+    runtime.onednn_speedup keeps what was measured. onednn_choice, a choice made before (the one a
+    resumed run's checkpoint recorded), replaces 'auto' where it still works."""
     model.to(runtime.device)
-    if runtime.onednn == 'auto' and resumed_onednn is not None:
-        runtime.onednn = bool(resumed_onednn) and onednn_usable(runtime.device_type, runtime.dtype, runtime.compile)
+    if runtime.onednn == 'auto' and onednn_choice is not None:
+        runtime.onednn = bool(onednn_choice) and onednn_usable(runtime.device_type, runtime.dtype, runtime.compile)
     runtime.onednn, runtime.onednn_speedup = resolve_onednn(runtime.onednn, runtime.device_type, runtime.dtype,
                                                             runtime.compile, model, rows, backward)
     return use_onednn_linears(model) if runtime.onednn else model

@@ -10,6 +10,7 @@ DDP with torchrun, on 4 GPUs of one machine (or 4 CPU processes with --device=cp
 $ torchrun --standalone --nproc_per_node=4 train.py config/train_gpt2.py
 Across 2 machines, run this on each with its own --node_rank (0 is the master):
 $ torchrun --nnodes=2 --node_rank=0 --nproc_per_node=8 --master_addr=10.0.0.1 --master_port=1234 train.py
+FSDP instead of DDP (weights, gradients and optimizer state sharded across the processes): add --fsdp=True
 """
 import gc
 import math
@@ -28,6 +29,7 @@ import optimizers
 import parallel
 import report
 import runtime
+import sharding
 from configurator import configure
 from model import GPT, MODERN_DEFAULTS, GPTConfig
 
@@ -83,6 +85,7 @@ lr_decay_iters = 600000  # ~= max_iters per Chinchilla
 min_lr = 6e-5  # ~= learning_rate/10 per Chinchilla
 # system
 backend = 'auto'  # DDP backend: 'auto' is nccl on CUDA, gloo on CPU
+fsdp = False  # under torchrun, shard weights, gradients and AdamW state across the processes (FSDP2) instead of DDP
 device = 'auto'  # 'auto' (cuda, then mps, then cpu), 'cpu', 'cuda', 'cuda:1', 'mps'
 dtype = 'auto'  # 'auto' (bfloat16 on CUDA where supported, else float16; float32 elsewhere), 'float32', 'bfloat16', 'float16'
 compile = 'auto'  # torch.compile the model; 'auto' is on for CUDA only
@@ -97,10 +100,11 @@ for name in ('batch_size', 'block_size', 'gradient_accumulation_steps', 'eval_in
         errors.fail(f"--{name} must be at least 1, not {config[name]}")
 if max_iters < 0 or learning_rate < 0 or min_lr < 0 or warmup_iters < 0:
     errors.fail("max_iters, learning_rate, min_lr and warmup_iters cannot be negative")
+sharding.check_fsdp_setting(fsdp, device, optimizer)
 rt = runtime.setup_runtime(device, dtype, compile, backend, seed, onednn)
 if gradient_accumulation_steps % rt.world_size:
     errors.fail(f"gradient_accumulation_steps ({gradient_accumulation_steps}) must be divisible by the "
-                f"number of DDP processes ({rt.world_size}); change one of them")
+                f"number of {'FSDP' if fsdp else 'DDP'} processes ({rt.world_size}); change one of them")
 gradient_accumulation_steps //= rt.world_size  # each rank does its share of the micro-steps
 ckpt_path = os.path.join(out_dir, checkpoints.CKPT_NAME)
 if rt.master:
@@ -122,7 +126,8 @@ if init_from == 'scratch':
         errors.fail(str(e))
 elif init_from == 'resume':
     resume_path = checkpoints.latest_checkpoint(out_dir)  # last.pt if a stopped run got further than ckpt.pt
-    checkpoint = checkpoints.load_checkpoint(resume_path, rt.device)
+    # under FSDP every rank reads the whole checkpoint: memory-mapped on the CPU, shared by the ranks
+    checkpoint = checkpoints.load_checkpoint(resume_path, 'cpu' if fsdp else rt.device, mmap=fsdp)
     for k in checkpoints.MODEL_SHAPE_KEYS:
         saved = {**MODERN_DEFAULTS, **checkpoint['model_args']}[k]
         if k in explicit and config[k] != saved:
@@ -155,7 +160,11 @@ if meta and meta['vocab_size'] != vocab_size:
                 f"({meta['vocab_size']}); train on the dataset the checkpoint was made for")
 unscanned_splits = data_files.check_bins(bin_paths, block_size, vocab_size)  # too big to scan: checked per batch
 tokens_per_iter = gradient_accumulation_steps * rt.world_size * batch_size * block_size
-runtime.place_model(model, rt, rows=batch_size * block_size, resumed_onednn=checkpoint and checkpoint.get('onednn'))
+if fsdp:  # block by block onto the device, sharded: no rank ever holds the whole model there
+    sharding.shard(model, rt)
+# 'auto' keeps a resumed run's choice (an exact resume); oneDNN's op is not tried on FSDP's sharded weights
+runtime.place_model(model, rt, rows=batch_size * block_size,
+                    onednn_choice=False if fsdp else checkpoint and checkpoint.get('onednn'))
 
 scaler = torch.amp.GradScaler(rt.device_type, enabled=rt.dtype == 'float16')  # no-op unless float16
 if optimizer not in optimizers.OPTIMIZERS or (optimizer == 'muon' and learning_rate <= 0):
@@ -165,7 +174,10 @@ optimizer = optimizers.configure(model, optimizer, weight_decay, learning_rate, 
                                  muon_learning_rate, muon_momentum, muon_weight_decay)
 if checkpoint is not None:
     try:
-        optimizer.load_state_dict(checkpoint['optimizer'])
+        if fsdp:
+            sharding.load_optimizer_state(model, optimizer, checkpoint['optimizer'])
+        else:
+            optimizer.load_state_dict(checkpoint['optimizer'])
     except (KeyError, ValueError, TypeError):
         errors.fail(f"the checkpoint's optimizer state is not {config['optimizer']}'s; resume with --optimizer="
                     f"{checkpoint.get('config', {}).get('optimizer', 'adamw')}, the optimizer it was trained with")
@@ -176,7 +188,7 @@ if rt.compile:
     if rt.master:
         print("compiling the model (takes a minute or so)...")
     model = torch.compile(model)
-if rt.ddp:
+if rt.ddp and not fsdp:
     model = DDP(model, device_ids=[rt.local_rank] if rt.device_type == 'cuda' else None)
 
 
@@ -228,13 +240,15 @@ def get_lr(it):
 
 
 def save(path):
-    """Write a checkpoint (rank 0; every rank must call this, for the RNG states)."""
-    if not checkpoints.all_finite(raw_model):
+    """Write a checkpoint (rank 0; every rank must call this, for the RNG states and FSDP's gathers)."""
+    if parallel.any_rank([not checkpoints.all_finite(raw_model)], rt)[0]:  # FSDP: each rank checks its shards
         if rt.master:
             print(f"not saving {path}: the model has non-finite weights")
         return False
+    model_state, optimizer_state = sharding.full_state_dicts(raw_model, optimizer) if fsdp else \
+        (raw_model.state_dict(), optimizer.state_dict())
     checkpoint = {
-        'model': raw_model.state_dict(), 'optimizer': optimizer.state_dict(), 'model_args': model_args,
+        'model': model_state, 'optimizer': optimizer_state, 'model_args': model_args,
         'iter_num': iter_num, 'best_val_loss': best_val_loss, 'config': config,
         'scaler': scaler.state_dict(), 'rng': parallel.gather_from_ranks(checkpoints.rng_state(), rt), 'meta': meta,
         # beyond the original's model_args, which must stay loadable by it
@@ -263,7 +277,7 @@ checkpoint = None  # free the memory
 
 stop = parallel.GracefulStop()  # from here on Ctrl-C / SIGTERM: finish the step, save, exit
 if rt.master:
-    processes = f"{rt.world_size} processes (DDP, {rt.backend})" if rt.ddp else "1 process"
+    processes = f"{rt.world_size} processes ({'FSDP' if fsdp else 'DDP'}, {rt.backend})" if rt.ddp else "1 process"
     print(f"device {rt.device}, dtype {rt.dtype}, compile {rt.compile}, {processes}{runtime.describe_linears(rt)}")
     print(f"model: {report.format_count(n_params)} parameters ({model_args['n_layer']} layers, {model_args['n_head']} "
           f"heads, {model_args['n_embd']} wide, context {block_size}, vocabulary {vocab_size})"
@@ -332,8 +346,10 @@ while True:
     # one optimizer step over gradient_accumulation_steps micro-batches
     for micro_step in range(gradient_accumulation_steps):
         last_micro_step = micro_step == gradient_accumulation_steps - 1
-        # DDP averages gradients across ranks only on the last micro-step
-        with model.no_sync() if rt.ddp and not last_micro_step else nullcontext():
+        # DDP averages gradients across ranks only on the last micro-step; FSDP reduce-scatters them then
+        if fsdp:
+            raw_model.set_requires_gradient_sync(last_micro_step)
+        with model.no_sync() if rt.ddp and not fsdp and not last_micro_step else nullcontext():
             with rt.autocast:
                 # keep only the loss: the logits could be freed before the backward pass
                 loss = model(X, Y)[1] / gradient_accumulation_steps  # gradients sum over micro-steps
@@ -390,7 +406,7 @@ if not (stopped or diverged):
     last_path = os.path.join(out_dir, checkpoints.LAST_NAME)
     if rt.master and not eval_only and os.path.exists(last_path):
         os.remove(last_path)  # the state of a stop this run has now gone past
-    if rt.ddp:
+    if rt.ddp and not fsdp:  # FSDP's ranks hold different shards by design
         digests = parallel.gather_from_ranks(parallel.weights_digest(raw_model), rt)
         if rt.master:
             print(f"weights identical on all {rt.world_size} ranks" if len(set(digests)) == 1 else

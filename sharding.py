@@ -1,0 +1,120 @@
+"""
+Sharded data parallelism (PyTorch's FSDP2) for train.py under torchrun: each of N ranks keeps 1/N
+of the weights, the gradients and the AdamW state, where DDP keeps all of them on every rank.
+
+Checkpoints stay in the one-process format, so that a run can move between one process, DDP and
+FSDP, and sample.py, export_hf.py and the original nanoGPT read them: whole tensors, the
+optimizer's state keyed by parameter index, gathered to rank 0's CPU one tensor at a time.
+
+torch.distributed's FSDP modules take half a second to import, so they are imported only where
+FSDP is used, not in every run of train.py.
+"""
+import os
+import sys
+import warnings
+
+import torch
+
+from errors import fail
+
+DTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}
+
+
+def check_fsdp_setting(fsdp, device, optimizer='adamw'):
+    """Before torchrun's group is set up: FSDP needs torchrun, a CUDA GPU or the CPU, and an
+    optimizer whose update of a parameter can be computed from that parameter's rows alone."""
+    if not fsdp:
+        return
+    if device.split(':')[0] == 'mps':
+        fail("--fsdp=True does not run on MPS (torch has no process group for it); train with one "
+             "process on MPS, or use --device=cpu under torchrun")
+    if 'RANK' not in os.environ:
+        fail("--fsdp=True shards the model across torchrun's processes: launch with torchrun --standalone "
+             "--nproc_per_node=N train.py ..., or drop --fsdp to train in one process")
+    if optimizer != 'adamw':
+        # Muon orthogonalises whole matrices; FSDP gives each rank a slice of rows of each one
+        fail(f"--fsdp=True works with optimizer='adamw' only: {optimizer} needs whole weight matrices, "
+             f"which FSDP splits across ranks; drop --fsdp (DDP) or use --optimizer=adamw")
+
+
+def shard(model, runtime):
+    """Wrap every Block, then the whole GPT (embeddings, final norm, head), with fully_shard on a
+    mesh of all ranks. The parameters become DTensors holding this rank's rows, on runtime.device.
+    Call it before creating the optimizer, which must see the sharded parameters."""
+    if runtime.dtype == 'float16':
+        # float16 needs loss scaling; torch's sharded loss scaler and its fused AdamW do not work
+        # together (torch 2.13), and a plain scaler would let ranks disagree on skipping a step
+        fail("--fsdp=True trains in bfloat16 or float32, not float16; use --dtype=bfloat16 where the GPU "
+             "has it, --dtype=float32, or DDP (drop --fsdp) for float16")
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    mesh = init_device_mesh(runtime.device_type, (runtime.world_size,))
+    # each rank drew its own random init (the seed differs per rank, for dropout): all take rank 0's,
+    # as DDP does, one tensor at a time through the device (nccl cannot send from the CPU)
+    with torch.no_grad():
+        for tensor in [*model.parameters(), *model.buffers()]:
+            on_device = tensor.to(runtime.device)
+            torch.distributed.broadcast(on_device, src=0)
+            tensor.copy_(on_device)
+    # In bfloat16 the all-gathered weights, the matmuls and the activations are in that
+    # dtype; the shards AdamW updates stay float32, and gradients are reduced (and accumulated
+    # between micro-steps) in float32. Autocast stays on as under DDP: with weights already in
+    # low precision it casts no matmul input, and it keeps layer norm, softmax and the loss in
+    # float32, where bfloat16 logits would round each batch's loss to ~0.02.
+    policy = MixedPrecisionPolicy(param_dtype=DTYPES[runtime.dtype], reduce_dtype=torch.float32)
+    for block in model.transformer.h:
+        fully_shard(block, mesh=mesh, mp_policy=policy)
+    # the root's weights (embeddings, tied head) are needed again first thing in backward
+    fully_shard(model, mesh=mesh, mp_policy=policy, reshard_after_forward=False)
+    # FSDP warns once that the logits it returns are a view, which an in-place op could break;
+    # the training loop only ever reads them
+    warnings.filterwarnings('ignore', message='FSDP2-wrapped module .* returned a view tensor')
+    return model
+
+
+def local(tensor):
+    """This rank's part of a sharded tensor (the tensor itself when it is not sharded)."""
+    dtensor = sys.modules.get('torch.distributed.tensor')  # not imported yet: nothing is sharded
+    return tensor.to_local() if dtensor and isinstance(tensor, dtensor.DTensor) else tensor
+
+
+def parameter_names(model, optimizer):
+    """The parameters' names in the optimizer's order: position i is what index i means in a
+    one-process optimizer.state_dict(); torch's distributed state dicts key by name instead."""
+    names = {p: name for name, p in model.named_parameters()}
+    return [names[p] for group in optimizer.param_groups for p in group['params']]
+
+
+def full_state_dicts(model, optimizer):
+    """The model's and the optimizer's state dicts as one process holds them, on rank 0's CPU
+    (empty dicts on the other ranks). Each tensor is gathered and moved to the CPU in turn, so no
+    GPU ever holds more than one whole tensor. Every rank must call this."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+    model.reshard()  # the root stays unsharded after an evaluation's forward; the state dicts want the shards
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    model_state = get_model_state_dict(model, options=options)
+    optimizer_state = get_optimizer_state_dict(model, optimizer, options=options)
+    if not model_state:
+        return model_state, optimizer_state
+    # tied weights (wte and lm_head) come back as two gathered copies: one tensor again, as in
+    # model.state_dict(), so that the file holds it once
+    first_key = {}
+    for key, value in model.state_dict(keep_vars=True).items():
+        model_state[key] = model_state[first_key.setdefault(id(value), key)]
+    index = {name: i for i, name in enumerate(parameter_names(model, optimizer))}
+    optimizer_state = {
+        'state': {index[name]: state for name, state in optimizer_state['state'].items()},
+        'param_groups': [{**group, 'params': [index[name] for name in group['params']]}
+                         for group in optimizer_state['param_groups']]}
+    return model_state, optimizer_state
+
+
+def load_optimizer_state(model, optimizer, state):
+    """Load a one-process optimizer state dict (saved by one process, DDP or FSDP) into the
+    sharded optimizer: every rank reads the whole state (on the CPU) and keeps its own rows."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+    names = parameter_names(model, optimizer)
+    by_name = {'state': {names[i]: s for i, s in state['state'].items()},
+               'param_groups': [{**group, 'params': [names[i] for i in group['params']]}
+                                for group in state['param_groups']]}
+    set_optimizer_state_dict(model, optimizer, by_name, options=StateDictOptions(full_state_dict=True))

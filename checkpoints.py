@@ -10,6 +10,7 @@ import warnings
 import numpy as np
 import torch
 
+import data_files
 from errors import fail
 from model import GPT, MODERN_DEFAULTS, PRETRAINED, GPTConfig
 from sharding import local
@@ -100,6 +101,8 @@ def is_pretrained(init_from):
 def pretrained_model(name_or_dir, dropout=0.0):
     """GPT.from_pretrained with a clear error for each way it can go wrong."""
     try:
+        import transformers
+        transformers.utils.logging.disable_progress_bar()  # stderr is for errors: one line each
         return GPT.from_pretrained(name_or_dir, dict(dropout=dropout))
     except ImportError:
         fail("loading GPT-2 weights needs transformers: pip install transformers")
@@ -108,6 +111,29 @@ def pretrained_model(name_or_dir, dropout=0.0):
     except OSError as e:  # not downloadable (offline), or a folder without a model in it
         fail(f"could not load {name_or_dir} ({str(e).splitlines()[0][:160]}); OpenAI's weights download "
              f"from the Hugging Face hub once, or give a folder saved with save_pretrained")
+
+
+def inference_model(init_from, out_dir, device='cpu'):
+    """The model sample.py and eval.py run, with its character vocabulary (None for GPT-2 BPE) and a
+    name for reports: out_dir/ckpt.pt for init_from='resume', else GPT-2 weights or a Hugging Face folder."""
+    if init_from == 'resume':
+        ckpt_path = os.path.join(out_dir, CKPT_NAME)
+        checkpoint = load_checkpoint(ckpt_path, device)
+        model = model_from_checkpoint(checkpoint, ckpt_path, dropout=0.0)
+        # our checkpoints keep the vocabulary; the original's name the dataset whose meta.pkl has it
+        dataset = checkpoint.get('config', {}).get('dataset')
+        meta = checkpoint.get('meta') or (data_files.read_meta(os.path.join('data', dataset, 'meta.pkl')) if dataset else None)
+        if meta is not None and meta['vocab_size'] != model.config.vocab_size:
+            fail(f"the checkpoint's vocabulary ({model.config.vocab_size} tokens) differs from its "
+                 f"dataset's meta.pkl ({meta['vocab_size']}); was the dataset prepared again since?")
+        name = f"{ckpt_path} (iteration {checkpoint.get('iter_num', '?')})"
+    elif is_pretrained(init_from):
+        model = pretrained_model(init_from)
+        meta = data_files.read_meta(os.path.join(init_from, 'meta.pkl'))  # export_hf.py keeps a character vocabulary here
+        name = init_from
+    else:
+        fail(f"unknown init_from {init_from!r}; use 'resume' (with --out_dir), a GPT-2 name or a Hugging Face folder")
+    return model, meta, name
 
 
 def rng_state():

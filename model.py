@@ -246,6 +246,15 @@ class GPT(nn.Module):
     def forward(self, idx, targets=None, kv_caches=None):
         """Logits (and the loss, given targets). Without targets only the last position's logits
         are computed, which is all generation needs. kv_caches (one per layer) continue a sequence."""
+        x = self.hidden_states(idx, kv_caches)
+        if targets is None:
+            return self.logits(x[:, [-1], :]), None  # [-1] as a list keeps the time dimension
+        logits = self.logits(x)
+        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+        return logits, loss
+
+    def hidden_states(self, idx, kv_caches=None):
+        """The final layer's normalised outputs (B, T, n_embd), which lm_head turns into logits."""
         B, T = idx.size()
         start = kv_caches[0].length if kv_caches else 0
         if start + T > self.config.block_size:
@@ -259,14 +268,25 @@ class GPT(nn.Module):
         x = self.transformer.drop(x)
         for i, block in enumerate(self.transformer.h):
             x = block(x, kv_caches[i] if kv_caches else None, rotary)
-        x = self.transformer.ln_f(x)
-        logits = self.lm_head(x if targets is not None else x[:, [-1], :])  # [-1] as a list keeps the time dimension
+        return self.transformer.ln_f(x)
+
+    def logits(self, x):
+        """lm_head's output for hidden states x, soft-capped where the model says so."""
+        logits = self.lm_head(x)
         if self.config.logit_softcap:
             logits = self.config.logit_softcap * torch.tanh(logits / self.config.logit_softcap)
-        if targets is None:
-            return logits, None
-        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
-        return logits, loss
+        return logits
+
+    def token_losses(self, idx, targets):
+        """The loss of each target token (B, T) in float32, 0 where the target is -1. Logits are
+        computed only where a target counts: for evaluations that score some of the tokens (a
+        HellaSwag ending after its context, the new part of a sliding window), that skips most of
+        lm_head's work and the (B, T, vocab) logits in memory."""
+        x = self.hidden_states(idx)
+        counted = targets != -1
+        losses = torch.zeros(targets.shape, dtype=torch.float32, device=idx.device)
+        losses[counted] = F.cross_entropy(self.logits(x[counted]).float(), targets[counted], reduction='none')
+        return losses
 
     def crop_block_size(self, block_size):
         """Shrink the context window, e.g. to finetune GPT-2 (1024) with shorter blocks."""

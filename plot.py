@@ -4,7 +4,9 @@ Plot a run's loss curves from out_dir/metrics.jsonl to a PNG.
 $ python plot.py --out_dir=out-shakespeare-char                   # writes out-shakespeare-char/loss.png
 $ python plot.py --out_dir=out-a,out-b --png=compare.png          # several runs on one plot
 
-Training loss at every logged iteration (faint), and train and val loss at every evaluation.
+Training loss at every logged iteration (faint), and train and val loss at every evaluation; for
+runs with hellaswag_interval, HellaSwag acc_norm (and acc, dashed) in a second panel below, with
+OpenAI's GPT-2 124M (acc_norm 0.2955) as a dotted line.
 Needs matplotlib (pip install matplotlib), which nothing else in the repo does.
 """
 import json
@@ -26,16 +28,22 @@ except ImportError:
     errors.fail("plotting needs matplotlib: pip install matplotlib")
 
 runs = [d for d in out_dir.split(',') if d]
-fig, ax = plt.subplots(figsize=(9, 5))
-for i, run in enumerate(runs):
+run_events = []
+for run in runs:
     path = os.path.join(run, 'metrics.jsonl')
     try:
         with open(path) as f:
-            events = [json.loads(line) for line in f if line.strip()]
+            run_events.append([json.loads(line) for line in f if line.strip()])
     except (OSError, json.JSONDecodeError) as e:
         errors.fail(f"cannot read {path} ({type(e).__name__}): train.py writes it, so train first or fix --out_dir")
-    if not events:
+    if not run_events[-1]:
         errors.fail(f"{path} is empty: the run has logged nothing yet")
+with_hellaswag = any(e['event'] == 'hellaswag' for events in run_events for e in events)
+if with_hellaswag:
+    fig, (ax, hs_ax) = plt.subplots(2, 1, figsize=(9, 8), sharex=True, gridspec_kw=dict(height_ratios=(3, 2)))
+else:
+    fig, ax = plt.subplots(figsize=(9, 5))
+for i, (run, events) in enumerate(zip(runs, run_events)):
     color = f'C{i}'
     label = run if len(runs) > 1 else ''
     steps = [e for e in events if e['event'] == 'train']
@@ -48,11 +56,23 @@ for i, run in enumerate(runs):
                 marker='.', label=f"{label} train loss (eval)".strip())
         ax.plot([e['iter'] for e in evals], [e['val_loss'] for e in evals], color=color, marker='o',
                 label=f"{label} val loss (best {min(e['val_loss'] for e in evals):.4f})".strip())
-ax.set_xlabel('iteration')
+    hellaswag = [e for e in events if e['event'] == 'hellaswag']
+    if hellaswag:
+        hs_ax.plot([e['iter'] for e in hellaswag], [e['acc_norm'] for e in hellaswag], color=color, marker='o',
+                   label=f"{label} HellaSwag acc_norm (best {max(e['acc_norm'] for e in hellaswag):.4f})".strip())
+        hs_ax.plot([e['iter'] for e in hellaswag], [e['acc'] for e in hellaswag], color=color, linestyle='--',
+                   marker='.', alpha=0.6, label=f"{label} HellaSwag acc".strip())
 ax.set_ylabel('loss')
 ax.set_title(title or ', '.join(runs))
 ax.grid(alpha=0.3)
 ax.legend()
+if with_hellaswag:
+    hs_ax.axhline(0.2955, color='gray', linestyle=':', label='OpenAI GPT-2 124M acc_norm (0.2955)')
+    hs_ax.axhline(0.25, color='lightgray', linestyle=':', label='random guessing (0.25)')
+    hs_ax.set_ylabel('HellaSwag accuracy')
+    hs_ax.grid(alpha=0.3)
+    hs_ax.legend()
+(hs_ax if with_hellaswag else ax).set_xlabel('iteration')
 png = png or os.path.join(runs[0], 'loss.png')
 fig.savefig(png, dpi=110, bbox_inches='tight')
 print(f"wrote {png}")

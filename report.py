@@ -41,6 +41,16 @@ def estimate_seconds(model, tokens_per_iter, iters, eval_tokens, peak):
     return (iters * tokens_per_iter + eval_tokens / 3) * model.flops_per_token() / (0.6 * peak)
 
 
+def warn_if_slow_on_cpu(model, tokens_per_iter, iters, eval_tokens, peak, dataset):
+    """Say so up front when a config meant for a GPU would take more than 15 minutes on this CPU."""
+    estimate = estimate_seconds(model, tokens_per_iter, iters, eval_tokens, peak)
+    if estimate > 15 * 60:
+        cpu_config = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'config', f'train_{dataset}_cpu.py')
+        advice = f"python train.py {os.path.relpath(cpu_config)} takes a few minutes" if os.path.exists(cpu_config) \
+            else "a GPU, or a smaller model, batch, block_size or max_iters, would be quicker"
+        print(f"WARNING: this looks like a GPU config: about {format_duration(estimate)} on this CPU; {advice}")
+
+
 def format_count(n):
     return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}K"
 

@@ -8,12 +8,10 @@ $ python sample.py --start=FILE:prompt.txt
 Decodes with the character vocabulary the model was trained on (kept in the checkpoint, or
 the dataset's meta.pkl), and with GPT-2's BPE tokenizer when there is none.
 """
-import os
 
 import torch
 
 import checkpoints
-import data_files
 import errors
 import runtime
 import tokenizer
@@ -51,23 +49,7 @@ if start.startswith('FILE:'):
         errors.fail(f"cannot read the prompt file {start[5:]} ({e.strerror if isinstance(e, OSError) else e})")
 rt = runtime.setup_runtime(device, dtype, compile, seed=seed, onednn=onednn)
 
-meta = None  # a character vocabulary; GPT-2 BPE without one
-if init_from == 'resume':
-    ckpt_path = os.path.join(out_dir, checkpoints.CKPT_NAME)
-    checkpoint = checkpoints.load_checkpoint(ckpt_path, rt.device)
-    model = checkpoints.model_from_checkpoint(checkpoint, ckpt_path, dropout=0.0)
-    # our checkpoints keep the vocabulary; the original's name the dataset whose meta.pkl has it
-    dataset = checkpoint.get('config', {}).get('dataset')
-    meta = checkpoint.get('meta') or (data_files.read_meta(os.path.join('data', dataset, 'meta.pkl')) if dataset else None)
-    if meta is not None and meta['vocab_size'] != model.config.vocab_size:
-        errors.fail(f"the checkpoint's vocabulary ({model.config.vocab_size} tokens) differs from its "
-                    f"dataset's meta.pkl ({meta['vocab_size']}); was the dataset prepared again since?")
-    checkpoint = None  # free the memory
-elif checkpoints.is_pretrained(init_from):
-    model = checkpoints.pretrained_model(init_from)
-    meta = data_files.read_meta(os.path.join(init_from, 'meta.pkl'))  # export_hf.py keeps a character vocabulary here
-else:
-    errors.fail(f"unknown init_from {init_from!r}; use 'resume' (with --out_dir), a GPT-2 name or a Hugging Face folder")
+model, meta, _ = checkpoints.inference_model(init_from, out_dir, rt.device)  # meta: a character vocabulary, or None
 encode, decode = tokenizer.load_tokenizer(meta)
 
 model.eval()

@@ -25,6 +25,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 import checkpoints
 import data_files
 import errors
+import evals
 import optimizers
 import parallel
 import report
@@ -42,6 +43,8 @@ log_interval = 1  # print a log line every this many iterations
 eval_iters = 200  # batches per split in each evaluation
 eval_only = False  # evaluate once and exit
 always_save_checkpoint = True  # save after every eval, not only when val loss improves
+hellaswag_interval = 0  # HellaSwag accuracy (GPT-2 BPE models) every this many iterations; 0 = never
+hellaswag_file = ''  # '' means data/hellaswag/hellaswag_val.jsonl, downloaded once
 init_from = 'scratch'  # 'scratch', 'resume' (from out_dir), 'gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl', or a Hugging Face folder
 # wandb logging
 wandb_log = False  # log to Weights & Biases (WANDB_MODE=offline works without network)
@@ -98,9 +101,11 @@ config, explicit = configure(globals())
 for name in ('batch_size', 'block_size', 'gradient_accumulation_steps', 'eval_interval', 'eval_iters', 'log_interval'):
     if config[name] < 1:
         errors.fail(f"--{name} must be at least 1, not {config[name]}")
-if max_iters < 0 or learning_rate < 0 or min_lr < 0 or warmup_iters < 0:
-    errors.fail("max_iters, learning_rate, min_lr and warmup_iters cannot be negative")
+if max_iters < 0 or learning_rate < 0 or min_lr < 0 or warmup_iters < 0 or hellaswag_interval < 0:
+    errors.fail("max_iters, learning_rate, min_lr, warmup_iters and hellaswag_interval cannot be negative")
 sharding.check_fsdp_setting(fsdp, device, optimizer)
+if fsdp and hellaswag_interval:  # each rank scores its own share, but FSDP's forward needs every rank at once
+    errors.fail("hellaswag_interval does not run under --fsdp=True yet; score the checkpoints with eval.py instead")
 rt = runtime.setup_runtime(device, dtype, compile, backend, seed, onednn)
 if gradient_accumulation_steps % rt.world_size:
     errors.fail(f"gradient_accumulation_steps ({gradient_accumulation_steps}) must be divisible by the "
@@ -159,6 +164,7 @@ if meta and meta['vocab_size'] != vocab_size:
     errors.fail(f"the model's vocabulary ({vocab_size} tokens) differs from {data_dir}/meta.pkl "
                 f"({meta['vocab_size']}); train on the dataset the checkpoint was made for")
 unscanned_splits = data_files.check_bins(bin_paths, block_size, vocab_size)  # too big to scan: checked per batch
+hellaswag = evals.load_hellaswag(hellaswag_file, rt, meta, vocab_size) if hellaswag_interval else None
 tokens_per_iter = gradient_accumulation_steps * rt.world_size * batch_size * block_size
 if fsdp:  # block by block onto the device, sharded: no rank ever holds the whole model there
     sharding.shard(model, rt)
@@ -227,6 +233,12 @@ def estimate_loss():
     return out
 
 
+def due(interval):
+    """Whether an evaluation every interval iterations runs now: also at iteration 0 of a new run, at
+    the end and with eval_only, but not again right after a resume."""
+    return eval_only or iter_num == max_iters or (iter_num % interval == 0 and (iter_num != start_iter or iter_num == 0))
+
+
 def get_lr(it):
     """Linear warmup to learning_rate, cosine decay to min_lr at lr_decay_iters, then min_lr."""
     if not decay_lr:
@@ -288,14 +300,9 @@ if rt.master:
     if init_from == 'resume':
         print(f"resuming from {resume_path} at iteration {iter_num} (best val loss {best_val_loss:.4f})")
     n_evals = 1 if eval_only else (max_iters - iter_num) // eval_interval + 1
-    estimate = report.estimate_seconds(raw_model, tokens_per_iter, 0 if eval_only else max_iters - iter_num,
-                                       n_evals * 2 * eval_iters * batch_size * block_size * rt.world_size,
-                                       peak_flops) if peak_flops else 0
-    if rt.device_type == 'cpu' and estimate > 15 * 60:
-        cpu_config = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'config', f'train_{dataset}_cpu.py')
-        advice = f"python train.py {os.path.relpath(cpu_config)} takes a few minutes" if os.path.exists(cpu_config) \
-            else "a GPU, or a smaller model, batch, block_size or max_iters, would be quicker"
-        print(f"WARNING: this looks like a GPU config: about {report.format_duration(estimate)} on this CPU; {advice}")
+    if rt.device_type == 'cpu' and peak_flops:
+        report.warn_if_slow_on_cpu(raw_model, tokens_per_iter, 0 if eval_only else max_iters - iter_num,
+                                   n_evals * 2 * eval_iters * batch_size * block_size * rt.world_size, peak_flops, dataset)
 
 # -----------------------------------------------------------------------------
 # the training loop. On a GPU it never waits for the device between log lines: the loss is read,
@@ -303,7 +310,7 @@ if rt.master:
 # also agree whether to stop. Between checks the GPU runs ahead of Python.
 X, Y = get_batch('train', (iter_num, 0))
 start_iter, run_start = iter_num, time.time()
-ms_per_iter, mfu, eval_seconds = None, None, 0.0  # smoothed, for the ETA; and the last evaluation's duration
+ms_per_iter, mfu, eval_seconds, hellaswag_seconds = None, None, 0.0, 0.0  # smoothed, for the ETA; the last evaluations' durations
 loss_finite = torch.ones((), dtype=torch.bool, device=rt.device)  # every loss since the last check was finite
 stopped = diverged = False
 t0, t0_iter, last_check = time.time(), iter_num, iter_num
@@ -313,8 +320,7 @@ while True:
         group['lr'] = lr * group.get('lr_scale', 1.0)  # Muon's groups: their own peak, the same schedule
 
     # evaluate, and checkpoint when val loss improves (or always, if asked); not again right after a resume
-    if eval_only or iter_num == max_iters or (iter_num % eval_interval == 0 and iter_num != start_iter) \
-            or (iter_num == 0 and start_iter == 0):
+    if due(eval_interval):
         losses = estimate_loss()
         if not math.isnan(losses['val']):  # NaN: cut short by a stop request
             improved = losses['val'] < best_val_loss
@@ -330,6 +336,17 @@ while True:
                                'lr': lr}, step=iter_num)
         eval_seconds = time.time() - t0
         t0, t0_iter = time.time(), iter_num  # evaluation time is not training time
+    if hellaswag and due(hellaswag_interval):  # every rank scores its share
+        scores = evals.hellaswag(raw_model, hellaswag, rt, batch_size)
+        if rt.master:
+            print(f"step {iter_num}: hellaswag acc_norm {scores['acc_norm']:.4f}, acc {scores['acc']:.4f} "
+                  f"({scores['examples']:,} examples, {scores['seconds']:.1f} s)")
+            metrics.write(event='hellaswag', iter=iter_num, **{k: scores[k] for k in ('acc', 'acc_norm', 'examples', 'seconds')})
+            if wandb_log:
+                wandb.log({'iter': iter_num, 'hellaswag/acc': scores['acc'], 'hellaswag/acc_norm': scores['acc_norm']},
+                          step=iter_num)
+        hellaswag_seconds = scores['seconds']
+        t0 += hellaswag_seconds  # not training time either
     if eval_only:
         break
     if not rt.ddp:  # one process can stop at any step; DDP ranks agree on it at the checks
@@ -393,6 +410,8 @@ while True:
             mfu = step_mfu if mfu is None or step_mfu is None else 0.9 * mfu + 0.1 * step_mfu
         evals_left = (max_iters - 1) // eval_interval - iter_num // eval_interval + 1
         eta = (max_iters - iter_num) * (ms_per_iter or dt * 1000) / 1000 + evals_left * eval_seconds
+        if hellaswag:
+            eta += ((max_iters - 1) // hellaswag_interval - iter_num // hellaswag_interval + 1) * hellaswag_seconds
         print(f"iter {iter_num}/{max_iters}: loss {lossf:.4f}, lr {lr:.3e}, {dt * 1000:.1f} ms/iter, "
               f"{tokens_per_iter / dt:,.0f} tok/s" + (f", mfu {mfu * 100:.1f}%" if mfu else '')
               + f", eta {report.format_duration(eta)}")

@@ -23,6 +23,20 @@ def test_forward_shapes_and_loss():
     assert logits.shape == (3, 1, 65) and loss is None
 
 
+def test_token_losses_are_the_per_token_cross_entropy():
+    model = tiny_model().eval()
+    idx, targets = torch.randint(65, (3, 10)), torch.randint(65, (3, 10))
+    targets[0, :4] = targets[2, 7:] = -1  # not counted: 0, and no logits computed for them
+    with torch.no_grad():
+        logits, mean_loss = model(idx, targets)
+        expected = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, ignore_index=-1, reduction='none')
+        losses = model.token_losses(idx, targets)
+    assert losses.shape == (3, 10) and losses.dtype == torch.float32
+    assert torch.allclose(losses, expected, atol=1e-6)
+    assert (losses[0, :4] == 0).all() and (losses[2, 7:] == 0).all()
+    assert abs(losses.sum().item() / (targets != -1).sum().item() - mean_loss.item()) < 1e-6
+
+
 def test_loss_at_init_is_near_uniform():
     # a freshly initialised model predicts close to uniformly: loss ~ ln(vocab_size)
     model = tiny_model(vocab_size=500, n_embd=32)

@@ -6,6 +6,7 @@ $ python data/openwebtext/prepare.py                      # OpenWebText: ~54 GB 
 $ python data/openwebtext/prepare.py --num_proc=16        # more tokenising workers
 $ python data/openwebtext/prepare.py --dataset=roneneldan/TinyStories --out_dir=data/tinystories
 $ python data/openwebtext/prepare.py --dataset=text --data_files='corpus/*.txt' --out_dir=data/corpus
+$ python data/fineweb/prepare.py                          # FineWeb-Edu sample-10BT, with this script's code
 
 Each document is encoded with encode_ordinary and followed by the end-of-text token. Without a
 validation split of its own, the dataset gives a small one (0.05%, seed 2357, shuffled, as in the
@@ -25,6 +26,7 @@ import errors  # noqa: E402  (the repo root is on the path only from the line ab
 import tokenizer  # noqa: E402  (the repo root is on the path only from the line above)
 
 dataset = 'openwebtext'  # a Hugging Face dataset name, or a builder such as 'text' or 'json' with data_files
+name = ''  # the dataset's subset (configuration), e.g. 'sample-10BT' of HuggingFaceFW/fineweb-edu; '' for its default
 data_files = ''  # local files for such a builder, e.g. 'corpus/*.txt' (each file is one document)
 text_column = 'text'  # the column that holds the documents
 val_size = 0.0005  # the share split off for val when the dataset has no validation split
@@ -65,10 +67,10 @@ def tokenize_and_write(splits, out_dir, num_proc=1, text_column='text', docs_per
     return counts
 
 
-if __name__ == '__main__':
-    from configurator import configure
-    configure(globals())
-    out_dir = out_dir or os.path.dirname(os.path.abspath(__file__))
+def load_splits(dataset, name='', data_files='', text_column='text', val_size=0.0005, split_seed=2357, num_proc=1):
+    """{'train': ..., 'val': ...} documents of a Hugging Face dataset (with its subset name, if any) or
+    of local files (data_files, with a builder such as 'text' or 'json' as dataset); a val split of
+    val_size of the documents when the dataset has none. A one-line error for what cannot be loaded."""
     if data_files and '://' not in data_files and not glob.glob(data_files):
         errors.fail(f"no files match --data_files={data_files}")
     from datasets import load_dataset
@@ -77,18 +79,26 @@ if __name__ == '__main__':
             loaded = load_dataset(dataset, data_files=data_files, num_proc=num_proc,
                                   **({'sample_by': 'document'} if dataset == 'text' else {}))
         else:
-            loaded = load_dataset(dataset, num_proc=num_proc)
+            loaded = load_dataset(dataset, name or None, num_proc=num_proc)
     except Exception as e:
         errors.fail(f"could not load dataset {dataset!r} ({type(e).__name__}: {str(e).splitlines()[0][:150]}); "
                     f"for local files use --dataset=text --data_files='path/*.txt'")
     if text_column not in loaded['train'].column_names:
         errors.fail(f"dataset {dataset!r} has no column {text_column!r} (it has {loaded['train'].column_names}); "
                     f"name it with --text_column")
-    val_name = next((name for name in ('validation', 'val') if name in loaded), None)
+    val_name = next((split for split in ('validation', 'val') if split in loaded), None)
     if val_name:
         splits = {'train': loaded['train'], 'val': loaded[val_name]}
     else:
         split = loaded['train'].train_test_split(test_size=val_size, seed=split_seed, shuffle=True)
         splits = {'train': split['train'], 'val': split['test']}
     print(f"{len(splits['train']):,} train and {len(splits['val']):,} val documents")
+    return splits
+
+
+if __name__ == '__main__':
+    from configurator import configure
+    configure(globals())
+    out_dir = out_dir or os.path.dirname(os.path.abspath(__file__))
+    splits = load_splits(dataset, name, data_files, text_column, val_size, split_seed, num_proc)
     tokenize_and_write(splits, out_dir, num_proc=num_proc, text_column=text_column)

@@ -1,0 +1,353 @@
+"""eval.py and evals.py: HellaSwag scored as build-nanogpt does (checked against transformers' GPT-2),
+bits per byte with a sliding window, DDP, HellaSwag during training, and bad input. No downloads:
+HellaSwag examples are written here in the dataset's own file format, the models are small and random."""
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import REPO, TINY_MODEL, _env, assert_one_line_error, needs_bpe, sample_text
+
+transformers = pytest.importorskip('transformers')
+pytestmark = needs_bpe  # GPT-2 BPE everywhere here
+
+N_POSITIONS = 64  # the random models' context
+
+
+def gpt2_bpe():
+    import tiktoken
+    return tiktoken.get_encoding('gpt2')
+
+
+def hellaswag_line(ind, ctx_a, ctx_b, endings, label):
+    """One line of hellaswag_val.jsonl, with every field the real file has."""
+    return json.dumps({"ind": ind, "activity_label": "Roof shingle removal", "ctx_a": ctx_a, "ctx_b": ctx_b,
+                       "ctx": f"{ctx_a} {ctx_b}".strip(), "split": "val", "split_type": "indomain", "label": label,
+                       "endings": endings, "source_id": f"activitynet~v_{ind:08d}"})
+
+
+def write_hellaswag(path, examples):
+    """examples: (ctx_a, ctx_b, endings, label) each."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(''.join(hellaswag_line(i, *e) + '\n' for i, e in enumerate(examples)), encoding='utf-8')
+    return path
+
+
+WORDS = ('a man is sitting on the roof he starts pulling up shingles and throws them down to the ground while '
+         'a woman holds the ladder then she climbs up with a hammer in her hand').split()
+
+
+def varied_examples(n, seed=0):
+    """n examples of varied lengths, the second one with a context longer than the models' context."""
+    rng = np.random.default_rng(seed)
+    examples = []
+    for i in range(n):
+        ctx = ' '.join(rng.choice(WORDS, 150 if i == 1 else rng.integers(3, 30)))
+        endings = [' '.join(rng.choice(WORDS, rng.integers(1, 15))) + '.' for _ in range(4)]
+        examples.append((ctx.capitalize() + '.', WORDS[i % len(WORDS)], endings, int(rng.integers(4))))
+    return examples
+
+
+def random_gpt2(path, scale=4.0):
+    """A small random GPT2LMHeadModel with GPT-2's vocabulary, saved to path; weights scaled up so that
+    the endings' losses differ clearly."""
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=50257, n_positions=N_POSITIONS, n_embd=32, n_layer=2, n_head=4,
+                                     activation_function='gelu_new')
+    hf_model = transformers.GPT2LMHeadModel(config).eval()
+    with torch.no_grad():
+        for name, p in hf_model.named_parameters():
+            if p.dim() == 2:
+                p.mul_(scale)
+    hf_model.save_pretrained(path)
+    return hf_model
+
+
+def hf_target_losses(hf_model, row):
+    """The loss of each of row[1:] given the tokens before it, from transformers' model, float64 on the host."""
+    with torch.no_grad():
+        logits = hf_model(torch.tensor([row[:-1]])).logits[0]
+    return torch.nn.functional.cross_entropy(logits, torch.tensor(row[1:]), reduction='none').double()
+
+
+def hf_ending_losses(hf_model, ctx, ending):
+    """(summed, mean) loss of an ending after its context, computed directly: the tokens of ctx and
+    of ' ' + ending, the row cropped on the left to what the model can take."""
+    enc = gpt2_bpe()
+    ctx_ids, end_ids = enc.encode(ctx), enc.encode(' ' + ending)
+    row = (ctx_ids + end_ids)[-(N_POSITIONS + 1):]
+    losses = hf_target_losses(hf_model, row)[-len(end_ids):]
+    return losses.sum().item(), losses.mean().item()
+
+
+def read_results(path):
+    return {(r['task'], r['metric']): r for r in map(json.loads, path.read_text().splitlines())}
+
+
+def details(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_per_ending_losses_match_transformers(run, tmp_path):
+    hf_model = random_gpt2(tmp_path / 'hf')
+    examples = varied_examples(7)
+    write_hellaswag(tmp_path / 'hs.jsonl', examples)
+    out = run('eval.py', '--init_from=hf', '--hellaswag_file=hs.jsonl', '--details_file=details.jsonl',
+              '--batch_size=3', '--device=cpu').stdout
+    assert 'hellaswag' in out and 'acc_norm' in out and 'OpenAI gpt2 0.2859 / 0.2955' in out
+    got = details(tmp_path / 'details.jsonl')
+    assert [d['index'] for d in got] == list(range(7))
+    correct = correct_norm = 0
+    for (ctx_a, ctx_b, endings, label), d in zip(examples, got):
+        expected = [hf_ending_losses(hf_model, f"{ctx_a} {ctx_b}", ending) for ending in endings]
+        for (sum_loss, mean_loss), ours_sum, ours_mean in zip(expected, d['sum_losses'], d['mean_losses']):
+            assert abs(sum_loss - ours_sum) <= 1e-4 and abs(mean_loss - ours_mean) <= 1e-4
+        assert d['pred'] == int(np.argmin([s for s, _ in expected]))
+        assert d['pred_norm'] == int(np.argmin([m for _, m in expected]))
+        correct, correct_norm = correct + (d['pred'] == label), correct_norm + (d['pred_norm'] == label)
+    results = read_results(tmp_path / 'eval_results.jsonl')
+    assert results['hellaswag', 'acc']['value'] == correct / 7 and results['hellaswag', 'acc']['correct'] == correct
+    assert results['hellaswag', 'acc_norm']['value'] == correct_norm / 7
+    for r in results.values():
+        assert r['model'] == 'hf' and r['examples'] == 7 and r['seconds'] > 0 and r['examples_per_s'] > 0
+
+
+def test_known_answers_sum_against_mean(run, tmp_path):
+    # A model that predicts " the" with near certainty whatever the context: each " the" in an
+    # ending costs ~0, any other token ~30 nats. So the shortest non-" the" ending wins on the sum
+    # (acc) and the one diluted with " the"s on the mean (acc_norm).
+    enc = gpt2_bpe()
+    the = enc.encode(' the')[0]
+    hf_model = random_gpt2(tmp_path / 'hf', scale=1.0)
+    with torch.no_grad():
+        direction = torch.ones(32) / math.sqrt(32)
+        hf_model.transformer.ln_f.weight.zero_()  # every position's output is ln_f's bias, whatever came before
+        hf_model.transformer.ln_f.bias.copy_(direction)
+        hf_model.transformer.wte.weight[the] = 30 * direction  # tied with lm_head: the logit of " the" is 30
+    hf_model.save_pretrained(tmp_path / 'hf')
+    one, diluted, thes, three = 'cat', 'cat dog' + ' the' * 8, 'the the the', 'dog cat dog'
+    assert [len(enc.encode(' ' + e)) for e in (one, diluted, thes, three)] == [1, 10, 3, 3]
+    # losses: one (30 summed, 30 mean), diluted (60, 6), thes (~0, ~0), three (90, 30)
+    cases = [([one, diluted, three, 'dog dog'], 0, 0, 1),  # (endings, label, pred, pred_norm)
+             ([one, diluted, three, 'dog dog'], 1, 0, 1),
+             ([one, thes, diluted, three], 1, 1, 1),
+             ([one, thes, diluted, three], 3, 1, 1),
+             ([three, one, diluted, thes], 3, 3, 3)]
+    write_hellaswag(tmp_path / 'hs.jsonl', [('Some context.', 'it', endings, label) for endings, label, _, _ in cases])
+    run('eval.py', '--init_from=hf', '--hellaswag_file=hs.jsonl', '--details_file=d.jsonl', '--device=cpu')
+    got = details(tmp_path / 'd.jsonl')
+    assert [(d['pred'], d['pred_norm']) for d in got] == [(p, pn) for _, _, p, pn in cases]
+    assert abs(got[0]['sum_losses'][1] - 60) < 1 and abs(got[0]['mean_losses'][1] - 6) < 0.1
+    results = read_results(tmp_path / 'eval_results.jsonl')
+    assert results['hellaswag', 'acc']['value'] == 3 / 5 and results['hellaswag', 'acc_norm']['value'] == 3 / 5
+
+
+def torchrun(*args, cwd, script='eval.py'):
+    return subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
+                           str(REPO / script), *args], cwd=cwd, capture_output=True, text=True, timeout=240, env=_env())
+
+
+def test_ddp_gives_the_same_counts_as_one_process(run, tmp_path):
+    random_gpt2(tmp_path / 'hf')
+    write_hellaswag(tmp_path / 'hs.jsonl', varied_examples(11, seed=1))  # 6 batches of 2: uneven shares
+    (tmp_path / 'text.txt').write_text(sample_text(3000), encoding='utf-8')
+    args = ['--init_from=hf', '--hellaswag_file=hs.jsonl', '--batch_size=2', '--device=cpu', '--text_file=text.txt']
+    run('eval.py', *args, '--results_file=one.jsonl', '--details_file=one_details.jsonl')
+    result = torchrun(*args, '--results_file=two.jsonl', '--details_file=two_details.jsonl', cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert '2 processes (DDP, gloo)' in result.stdout
+    one, two = read_results(tmp_path / 'one.jsonl'), read_results(tmp_path / 'two.jsonl')
+    assert len(two) == 4  # rank 0 alone writes
+    for metric in ('acc', 'acc_norm'):
+        assert two['hellaswag', metric]['correct'] == one['hellaswag', metric]['correct']
+        assert two['hellaswag', metric]['examples'] == one['hellaswag', metric]['examples'] == 11
+    for metric in ('loss', 'bpb'):
+        assert abs(two['text:text.txt', metric]['value'] - one['text:text.txt', metric]['value']) < 1e-5
+        assert two['text:text.txt', metric]['examples'] == one['text:text.txt', metric]['examples']
+    one_details, two_details = details(tmp_path / 'one_details.jsonl'), details(tmp_path / 'two_details.jsonl')
+    assert [d['index'] for d in two_details] == list(range(11))
+    for a, b in zip(one_details, two_details):
+        assert (a['pred'], a['pred_norm']) == (b['pred'], b['pred_norm'])
+        assert np.allclose(a['sum_losses'], b['sum_losses'], atol=1e-4)
+
+
+def direct_bits_per_byte(hf_model, text, stride=None):
+    """Bits per byte computed directly: each token of <|endoftext|> + text predicted by transformers'
+    model from the tokens before it (with stride: from the window that first reads it, begun at a
+    multiple of stride and at most N_POSITIONS long), over the text's UTF-8 bytes and ln 2."""
+    enc = gpt2_bpe()
+    ids = [enc.eot_token] + enc.encode_ordinary(text)
+    if stride is None:
+        assert len(ids) <= N_POSITIONS + 1
+        losses = hf_target_losses(hf_model, ids)
+    else:  # token j is read from ids[begin(j):j]: one forward pass per begin, since the model is causal
+        begins = {j: max(0, math.ceil((j - N_POSITIONS) / stride)) * stride for j in range(1, len(ids))}
+        per_token = {}
+        for begin in sorted(set(begins.values())):
+            targets = [j for j in begins if begins[j] == begin]
+            window = hf_target_losses(hf_model, ids[begin:max(targets) + 1])
+            per_token.update({j: window[j - begin - 1] for j in targets})
+        losses = torch.stack([per_token[j] for j in sorted(per_token)])
+    loss_per_token = losses.mean().item()
+    return loss_per_token, loss_per_token * len(losses) / len(text.encode('utf-8')) / math.log(2)
+
+
+def test_bits_per_byte_equals_the_direct_computation(run, tmp_path):
+    hf_model = random_gpt2(tmp_path / 'hf')
+    short = 'Ünïcode café — naïve “quotes”, 3.14 and a few words.'  # multi-byte characters: bytes != characters
+    (tmp_path / 'short.txt').write_text(short, encoding='utf-8')
+    loss, bpb = direct_bits_per_byte(hf_model, short)
+    n_tokens = len(gpt2_bpe().encode_ordinary(short))
+    assert n_tokens <= N_POSITIONS and len(short.encode('utf-8')) > len(short)  # one window; bytes != characters
+    for stride in (0, 1):  # the text fits in one window: any stride gives the whole-sequence value
+        run('eval.py', '--init_from=hf', '--text_file=short.txt', f'--stride={stride}', '--hellaswag=False',
+            '--device=cpu', f'--results_file=short{stride}.jsonl')
+        results = read_results(tmp_path / f'short{stride}.jsonl')
+        assert abs(results['text:short.txt', 'loss']['value'] - loss) < 1e-5
+        assert abs(results['text:short.txt', 'bpb']['value'] - bpb) < 1e-5
+        assert results['text:short.txt', 'bpb']['examples'] == n_tokens
+        assert results['text:short.txt', 'bpb']['bytes'] == len(short.encode('utf-8'))
+
+
+def test_sliding_window_over_a_long_text(run, tmp_path):
+    hf_model = random_gpt2(tmp_path / 'hf')
+    text = sample_text(500)
+    (tmp_path / 'long.txt').write_text(text, encoding='utf-8')
+    assert len(gpt2_bpe().encode_ordinary(text)) > N_POSITIONS + 24
+    for stride in (1, 24):
+        loss, bpb = direct_bits_per_byte(hf_model, text, stride)
+        run('eval.py', '--init_from=hf', '--text_file=long.txt', f'--stride={stride}', '--batch_size=5',
+            '--hellaswag=False', '--device=cpu', f'--results_file=long{stride}.jsonl')
+        results = read_results(tmp_path / f'long{stride}.jsonl')
+        assert abs(results['text:long.txt', 'loss']['value'] - loss) < 1e-5
+        assert abs(results['text:long.txt', 'bpb']['value'] - bpb) < 1e-5
+        assert results['text:long.txt', 'bpb']['stride'] == stride
+
+
+def test_val_bin_reads_like_the_same_text(run, tmp_path):
+    random_gpt2(tmp_path / 'hf')
+    text = sample_text(900)
+    (tmp_path / 'text.txt').write_text(text, encoding='utf-8')
+    (tmp_path / 'data' / 'bpe').mkdir(parents=True)
+    np.array(gpt2_bpe().encode_ordinary(text), dtype=np.uint16).tofile(tmp_path / 'data' / 'bpe' / 'val.bin')
+    run('eval.py', '--init_from=hf', '--text_file=text.txt', '--dataset=bpe', '--hellaswag=False', '--device=cpu')
+    results = read_results(tmp_path / 'eval_results.jsonl')
+    for metric in ('loss', 'bpb'):
+        assert abs(results['text:text.txt', metric]['value'] - results['val:bpe', metric]['value']) < 1e-6
+    assert results['val:bpe', 'bpb']['bytes'] == len(text.encode('utf-8'))
+    run('eval.py', '--init_from=hf', '--text_file=text.txt', '--dataset=bpe', '--hellaswag=False', '--device=cpu',
+        '--max_tokens=50', '--results_file=first50.jsonl')
+    results = read_results(tmp_path / 'first50.jsonl')
+    assert results['text:text.txt', 'bpb']['value'] == pytest.approx(results['val:bpe', 'bpb']['value'], abs=1e-6)
+    assert results['text:text.txt', 'bpb']['examples'] == results['val:bpe', 'bpb']['examples'] == 50
+
+
+def test_character_model_bits_per_byte_and_no_hellaswag(run, trained, tmp_path):
+    result = run('eval.py', '--out_dir=out', '--dataset=tiny', '--device=cpu')  # HellaSwag 'auto': skipped
+    assert 'val:tiny' in result.stdout and 'hellaswag' not in result.stdout
+    results = read_results(tmp_path / 'eval_results.jsonl')
+    loss, bpb = results['val:tiny', 'loss'], results['val:tiny', 'bpb']
+    assert loss['model'] == 'out/ckpt.pt (iteration 30)'
+    assert loss['examples'] == len(np.fromfile(tmp_path / 'data' / 'tiny' / 'val.bin', dtype=np.uint16)) - 1
+    assert bpb['bytes'] == loss['examples']  # ASCII: a byte per character
+    assert abs(bpb['value'] - loss['value'] / math.log(2)) < 1e-9
+    assert_one_line_error(run('eval.py', '--out_dir=out', '--hellaswag=True', '--device=cpu', expect=None),
+                          "HellaSwag needs a model with GPT-2's BPE vocabulary")
+    assert_one_line_error(run('eval.py', '--out_dir=out', '--device=cpu', expect=None), 'nothing to evaluate')
+
+
+def test_bad_hellaswag_files_are_one_line_errors(run, tmp_path):
+    random_gpt2(tmp_path / 'hf')
+    assert_one_line_error(run('eval.py', '--init_from=hf', '--hellaswag_file=missing.jsonl', expect=None),
+                          'cannot read the HellaSwag file missing.jsonl')
+    path = write_hellaswag(tmp_path / 'bad.jsonl', varied_examples(3))
+    path.write_text(path.read_text() + '{"ctx": "no endings", "label": 0}\n')
+    assert_one_line_error(run('eval.py', '--init_from=hf', '--hellaswag_file=bad.jsonl', expect=None),
+                          'bad.jsonl line 4 is not a labelled HellaSwag example')
+    path.write_text('')
+    assert_one_line_error(run('eval.py', '--init_from=hf', '--hellaswag_file=bad.jsonl', expect=None),
+                          'holds no HellaSwag examples')
+    # no network here: the default file cannot be downloaded
+    assert_one_line_error(run('eval.py', '--init_from=hf', expect=None), 'could not download',
+                          'data/hellaswag/hellaswag_val.jsonl')
+    assert not (tmp_path / 'data' / 'hellaswag' / 'hellaswag_val.jsonl').exists()
+    assert_one_line_error(run('eval.py', '--init_from=hf', '--hellaswag=False', '--text_file=none.txt', expect=None),
+                          'cannot read none.txt')
+    assert_one_line_error(run('eval.py', '--init_from=nowhere', expect=None), "unknown init_from 'nowhere'")
+
+
+def test_download_writes_the_file_once(tmp_path, monkeypatch):
+    import requests
+
+    import evals
+    monkeypatch.chdir(tmp_path)
+    served = hellaswag_line(0, 'A man.', 'he', ['a.', 'b.', 'c.', 'd.'], 2) + '\n'
+    calls = []
+
+    class Response:
+        content = served.encode('utf-8')
+
+        def raise_for_status(self):
+            pass
+    monkeypatch.setattr(requests, 'get', lambda url, timeout: calls.append(url) or Response())
+    rt = type('Runtime', (), dict(local_rank=0, ddp=False))()
+    for _ in range(2):
+        assert evals.hellaswag_path('', rt) == evals.HELLASWAG_FILE
+    assert calls == [evals.HELLASWAG_URL]  # downloaded once, then read from disk
+    assert evals.HELLASWAG_URL == 'https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl'
+    assert evals.read_hellaswag(evals.HELLASWAG_FILE)[0]['label'] == 2
+
+
+def bpe_data(folder, n_tokens=20_000):
+    """A GPT-2 BPE dataset (train.bin, val.bin) from sample text."""
+    ids = np.array(gpt2_bpe().encode_ordinary(sample_text()), dtype=np.uint16)
+    ids = np.resize(ids, n_tokens)
+    folder.mkdir(parents=True)
+    ids[:18_000].tofile(folder / 'train.bin')
+    ids[18_000:].tofile(folder / 'val.bin')
+
+
+def test_hellaswag_during_training(run, tmp_path):
+    bpe_data(tmp_path / 'data' / 'bpe')
+    write_hellaswag(tmp_path / 'data' / 'hellaswag' / 'hellaswag_val.jsonl', varied_examples(9))  # the default file
+    out = run('train.py', '--dataset=bpe', *TINY_MODEL, '--max_iters=10', '--eval_interval=5', '--log_interval=5',
+              '--hellaswag_interval=4').stdout
+    lines = [l for l in out.splitlines() if 'hellaswag acc_norm' in l]
+    assert [l.split(':')[0] for l in lines] == ['step 0', 'step 4', 'step 8', 'step 10']
+    assert '(9 examples' in lines[0]
+    events = [json.loads(l) for l in (tmp_path / 'out' / 'metrics.jsonl').read_text().splitlines()]
+    hellaswag = [e for e in events if e['event'] == 'hellaswag']
+    assert [e['iter'] for e in hellaswag] == [0, 4, 8, 10]
+    assert all(0 <= e['acc'] <= 1 and 0 <= e['acc_norm'] <= 1 and e['examples'] == 9 for e in hellaswag)
+    assert [e['iter'] for e in events if e['event'] == 'eval'] == [0, 5, 10]
+    # the same numbers as eval.py on the checkpoint (iteration 10)
+    run('eval.py', '--out_dir=out', '--hellaswag_file=data/hellaswag/hellaswag_val.jsonl', '--device=cpu')
+    results = read_results(tmp_path / 'eval_results.jsonl')
+    assert results['hellaswag', 'acc_norm']['value'] == hellaswag[-1]['acc_norm']
+    # a resume does not score again at its first iteration
+    out = run('train.py', '--dataset=bpe', *TINY_MODEL, '--init_from=resume', '--max_iters=12', '--eval_interval=5',
+              '--hellaswag_interval=4').stdout
+    assert [l.split(':')[0] for l in out.splitlines() if 'hellaswag acc_norm' in l] == ['step 12']
+    # plot.py draws it in a second panel
+    assert 'wrote out/loss.png' in run('plot.py', '--out_dir=out').stdout
+    assert (tmp_path / 'out' / 'loss.png').stat().st_size > 10_000
+
+
+def test_hellaswag_during_training_under_ddp(tmp_path):
+    bpe_data(tmp_path / 'data' / 'bpe')
+    write_hellaswag(tmp_path / 'hs.jsonl', varied_examples(9))
+    result = torchrun('--dataset=bpe', *TINY_MODEL, '--gradient_accumulation_steps=2', '--max_iters=4',
+                      '--eval_interval=4', '--log_interval=2', '--hellaswag_interval=2', '--hellaswag_file=hs.jsonl',
+                      cwd=tmp_path, script='train.py')
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [l for l in result.stdout.splitlines() if 'hellaswag acc_norm' in l]
+    assert len(lines) == 3 and all('(9 examples' in l for l in lines)  # steps 0, 2, 4; counts summed over ranks
+
+
+def test_hellaswag_in_training_needs_a_bpe_model(run, char_data):
+    assert_one_line_error(run('train.py', '--dataset=tiny', *TINY_MODEL, '--hellaswag_interval=5', expect=None),
+                          "HellaSwag needs a model with GPT-2's BPE vocabulary")

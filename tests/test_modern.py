@@ -115,5 +115,5 @@ def test_what_each_choice_changes_in_the_model():
 def test_modern_config_is_a_switch_over_any_recipe(run, char_data):
     out = run('train.py', str(REPO / 'config' / 'train_shakespeare_char_cpu.py'), *MODERN, '--dataset=tiny',
               '--max_iters=0', '--eval_only=True', '--out_dir=out').stdout
-    assert 'modern: rotary, norm=rmsnorm_free, qk_norm, mlp=relu2, untied head, zero init' in out
+    assert 'modern: rotary, norm=rmsnorm, qk_norm, mlp=relu2, untied head, zero init' in out
     assert 'optimizer: muon' in out

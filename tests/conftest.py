@@ -1,4 +1,5 @@
 """Shared fixtures: run the repo's scripts as a user would, on tiny data in tmp_path."""
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -96,6 +97,14 @@ def trained(tmp_path, char_data, _trained):
     """tmp_path/out: a tiny model trained (once per session) for 30 iterations on char_data."""
     shutil.copytree(_trained, tmp_path / 'out')
     return tmp_path / 'out'
+
+
+def load_script(relative_path):
+    """A script of the repo as a module, without running it: its work is under __main__."""
+    spec = importlib.util.spec_from_file_location(relative_path.replace('/', '_')[:-3], REPO / relative_path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def assert_one_line_error(result, *fragments):

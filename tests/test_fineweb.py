@@ -1,21 +1,17 @@
 """data/fineweb/prepare.py: FineWeb-Edu's settings, and the OpenWebText script's work on small local data
 (no hub access)."""
-import importlib.util
 import json
 
 import numpy as np
 import pytest
 
-from conftest import REPO, needs_bpe
+from conftest import load_script, needs_bpe
 
 datasets = pytest.importorskip('datasets')
 
 
 def load_fineweb():
-    spec = importlib.util.spec_from_file_location('fineweb_prepare', REPO / 'data' / 'fineweb' / 'prepare.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # the script's work is under __main__: importing runs nothing
-    return module
+    return load_script('data/fineweb/prepare.py')
 
 
 def test_asks_the_hub_for_fineweb_edu_sample_10bt(monkeypatch):

@@ -1,19 +1,15 @@
 """data/openwebtext/prepare.py: tokenise-and-write on small local data (no hub access)."""
-import importlib.util
 
 import numpy as np
 import pytest
 
-from conftest import REPO, assert_one_line_error, needs_bpe
+from conftest import assert_one_line_error, load_script, needs_bpe
 
 datasets = pytest.importorskip('datasets')
 
 
 def load_prepare():
-    spec = importlib.util.spec_from_file_location('owt_prepare', REPO / 'data' / 'openwebtext' / 'prepare.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # the script's work is under __main__: importing runs nothing
-    return module
+    return load_script('data/openwebtext/prepare.py')
 
 
 @needs_bpe

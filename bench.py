@@ -119,8 +119,6 @@ record = {'bench': mode, 'time': time.strftime('%Y-%m-%d %H:%M:%S'), 'device': r
 print(f"{device_name}, {rt.dtype}, compile {rt.compile}{runtime.describe_linears(rt)}: {report.format_count(model.get_num_params())} parameters")
 
 if mode == 'train':
-    if optimizer not in optimizers.OPTIMIZERS:
-        errors.fail(f"--optimizer takes {' or '.join(optimizers.OPTIMIZERS)}, not {optimizer!r}")
     optimizer = optimizers.configure(model, optimizer, weight_decay, learning_rate, (beta1, beta2), rt.device_type,
                                      muon_learning_rate)
     scaler = torch.amp.GradScaler(rt.device_type, enabled=rt.dtype == 'float16')

@@ -9,6 +9,8 @@ each parameter group carries lr_scale, its peak learning rate over learning_rate
 """
 import torch
 
+from errors import fail
+
 OPTIMIZERS = ('adamw', 'muon')
 
 
@@ -19,7 +21,11 @@ def muon_params(model):
 
 def configure(model, name, weight_decay, learning_rate, betas, device_type, muon_learning_rate=0.02,
               muon_momentum=0.95, muon_weight_decay=0.0):
-    """AdamW for the whole model (model.configure_optimizers, the original's), or MuonAdamW."""
+    """AdamW for the whole model (model.configure_optimizers, the original's), or MuonAdamW; a
+    one-line error for a name it does not know."""
+    if name not in OPTIMIZERS or (name == 'muon' and learning_rate <= 0):
+        fail(f"--optimizer takes {' or '.join(OPTIMIZERS)} (not {name!r}); muon needs a learning_rate above 0 "
+             f"for AdamW's share")
     if name == 'adamw':
         return model.configure_optimizers(weight_decay, learning_rate, betas, device_type)
     matrices = muon_params(model)

@@ -61,7 +61,7 @@ n_head = 12
 n_embd = 768
 dropout = 0.0  # 0 for pretraining; try 0.1+ for finetuning
 bias = False  # biases inside LayerNorm and Linear layers
-# the modern recipe, each choice on its own (config/*_modern.py turn on the measured best set; README)
+# the modern recipe, each choice on its own (config/modern.py turns on the measured best set; README)
 rotary = False  # rotary position embeddings instead of learned ones
 norm = 'layernorm'  # 'rmsnorm' (with a gain) or 'rmsnorm_free' (without)
 qk_norm = False  # RMS-normalise queries and keys per head
@@ -173,9 +173,6 @@ runtime.place_model(model, rt, rows=batch_size * block_size,
                     onednn_choice=False if fsdp else checkpoint and checkpoint.get('onednn'))
 
 scaler = torch.amp.GradScaler(rt.device_type, enabled=rt.dtype == 'float16')  # no-op unless float16
-if optimizer not in optimizers.OPTIMIZERS or (optimizer == 'muon' and learning_rate <= 0):
-    errors.fail(f"--optimizer takes {' or '.join(optimizers.OPTIMIZERS)} (not {optimizer!r}); muon needs a "
-                f"learning_rate above 0 for AdamW's share")
 optimizer = optimizers.configure(model, optimizer, weight_decay, learning_rate, (beta1, beta2), rt.device_type,
                                  muon_learning_rate, muon_momentum, muon_weight_decay)
 if checkpoint is not None:

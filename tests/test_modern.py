@@ -1,5 +1,6 @@
 """The modern recipe (config/modern.py): each choice on its own, off by default, and a modern model
 trains, resumes exactly, samples with the KV cache and is refused where it cannot be expressed."""
+import copy
 import dataclasses
 import json
 import subprocess
@@ -110,6 +111,28 @@ def test_what_each_choice_changes_in_the_model():
     taken = {id(p) for p in optimizers.muon_params(modern)}
     assert taken == {id(p) for name, p in modern.named_parameters() if '.h.' in name and p.dim() == 2}
     assert id(modern.lm_head.weight) not in taken and id(modern.transformer.wte.weight) not in taken
+
+
+def test_batched_muon_steps_as_torch_muon_does_and_resumes_from_its_state():
+    # wide, tall and square matrices; tall ones are orthogonalised transposed, with a larger step
+    shapes = [(8, 24), (24, 8), (8, 8), (8, 24), (24, 8)]
+    ours = [torch.nn.Parameter(torch.randn(shape) * 0.1) for shape in shapes]
+    theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+    start = [p.detach().clone() for p in ours]
+    settings = dict(lr=0.02, momentum=0.9, weight_decay=0.1)
+    batched, reference = optimizers.BatchedMuon(ours, **settings), torch.optim.Muon(theirs, **settings)
+    for step in range(4):
+        for p, q in zip(ours, theirs):
+            p.grad = torch.randn_like(p)
+            q.grad = p.grad.clone()
+        if step == 2:  # a new one carries on from torch's state (checkpoints written with torch.optim.Muon)
+            batched = optimizers.BatchedMuon(ours, **settings)
+            batched.load_state_dict(copy.deepcopy(reference.state_dict()))
+        batched.step()
+        reference.step()
+        for p, q in zip(ours, theirs):  # the same but for a rare last-bit difference of bfloat16 products
+            torch.testing.assert_close(p, q, rtol=0, atol=3e-4)
+    assert all((p - p0).abs().max() > 1e-2 for p, p0 in zip(ours, start))
 
 
 def test_modern_config_is_a_switch_over_any_recipe(run, char_data):

@@ -13,6 +13,9 @@ SHARED_DATA = REPO.parent / 'shared' / 'data'
 SHAKESPEARE = SHARED_DATA / 'tinyshakespeare' / 'input.txt'
 TIKTOKEN_CACHE = SHARED_DATA / 'tiktoken_cache'
 
+if os.environ.get('PYTEST_XDIST_WORKER'):  # pytest -n 2: one thread per worker, or two workers' OpenMP threads fight
+    os.environ.setdefault('OMP_NUM_THREADS', '1')
+
 if TIKTOKEN_CACHE.exists():  # GPT-2 BPE offline, here and in the scripts the tests run
     os.environ.setdefault('TIKTOKEN_CACHE_DIR', str(TIKTOKEN_CACHE))
 

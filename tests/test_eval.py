@@ -1,6 +1,7 @@
 """eval.py and evals.py: HellaSwag scored as build-nanogpt does (checked against transformers' GPT-2),
 bits per byte with a sliding window, DDP, HellaSwag during training, and bad input. No downloads:
 HellaSwag examples are written here in the dataset's own file format, the models are small and random."""
+import dataclasses
 import json
 import math
 import subprocess
@@ -11,6 +12,7 @@ import pytest
 import torch
 
 from conftest import REPO, TINY_MODEL, _env, assert_one_line_error, needs_bpe, sample_text
+from model import GPT
 
 transformers = pytest.importorskip('transformers')
 pytestmark = needs_bpe  # GPT-2 BPE everywhere here
@@ -64,6 +66,22 @@ def random_gpt2(path, scale=4.0):
             if p.dim() == 2:
                 p.mul_(scale)
     hf_model.save_pretrained(path)
+    return hf_model
+
+
+def as_checkpoint(hf_folder, out_dir):
+    """The same model as a checkpoint of ours in out_dir, which eval.py loads without transformers
+    (seconds faster per run; one test keeps --init_from=<folder>)."""
+    model = GPT.from_pretrained(str(hf_folder))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.save({'model': model.state_dict(), 'model_args': dataclasses.asdict(model.config), 'iter_num': 0},
+               out_dir / 'ckpt.pt')
+
+
+def random_model(tmp_path):
+    """random_gpt2 in tmp_path/hf, and as our checkpoint in tmp_path/ckpt (eval.py --out_dir=ckpt)."""
+    hf_model = random_gpt2(tmp_path / 'hf')
+    as_checkpoint(tmp_path / 'hf', tmp_path / 'ckpt')
     return hf_model
 
 
@@ -129,6 +147,7 @@ def test_known_answers_sum_against_mean(run, tmp_path):
         hf_model.transformer.ln_f.bias.copy_(direction)
         hf_model.transformer.wte.weight[the] = 30 * direction  # tied with lm_head: the logit of " the" is 30
     hf_model.save_pretrained(tmp_path / 'hf')
+    as_checkpoint(tmp_path / 'hf', tmp_path / 'ckpt')
     one, diluted, thes, three = 'cat', 'cat dog' + ' the' * 8, 'the the the', 'dog cat dog'
     assert [len(enc.encode(' ' + e)) for e in (one, diluted, thes, three)] == [1, 10, 3, 3]
     # losses: one (30 summed, 30 mean), diluted (60, 6), thes (~0, ~0), three (90, 30)
@@ -138,7 +157,7 @@ def test_known_answers_sum_against_mean(run, tmp_path):
              ([one, thes, diluted, three], 3, 1, 1),
              ([three, one, diluted, thes], 3, 3, 3)]
     write_hellaswag(tmp_path / 'hs.jsonl', [('Some context.', 'it', endings, label) for endings, label, _, _ in cases])
-    run('eval.py', '--init_from=hf', '--hellaswag_file=hs.jsonl', '--details_file=d.jsonl', '--device=cpu')
+    run('eval.py', '--out_dir=ckpt', '--hellaswag_file=hs.jsonl', '--details_file=d.jsonl', '--device=cpu')
     got = details(tmp_path / 'd.jsonl')
     assert [(d['pred'], d['pred_norm']) for d in got] == [(p, pn) for _, _, p, pn in cases]
     assert abs(got[0]['sum_losses'][1] - 60) < 1 and abs(got[0]['mean_losses'][1] - 6) < 0.1
@@ -152,10 +171,10 @@ def torchrun(*args, cwd, script='eval.py'):
 
 
 def test_ddp_gives_the_same_counts_as_one_process(run, tmp_path):
-    random_gpt2(tmp_path / 'hf')
+    random_model(tmp_path)
     write_hellaswag(tmp_path / 'hs.jsonl', varied_examples(11, seed=1))  # 6 batches of 2: uneven shares
     (tmp_path / 'text.txt').write_text(sample_text(3000), encoding='utf-8')
-    args = ['--init_from=hf', '--hellaswag_file=hs.jsonl', '--batch_size=2', '--device=cpu', '--text_file=text.txt']
+    args = ['--out_dir=ckpt', '--hellaswag_file=hs.jsonl', '--batch_size=2', '--device=cpu', '--text_file=text.txt']
     run('eval.py', *args, '--results_file=one.jsonl', '--details_file=one_details.jsonl')
     result = torchrun(*args, '--results_file=two.jsonl', '--details_file=two_details.jsonl', cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -197,14 +216,14 @@ def direct_bits_per_byte(hf_model, text, stride=None):
 
 
 def test_bits_per_byte_equals_the_direct_computation(run, tmp_path):
-    hf_model = random_gpt2(tmp_path / 'hf')
+    hf_model = random_model(tmp_path)
     short = 'Ünïcode café — naïve “quotes”, 3.14 and a few words.'  # multi-byte characters: bytes != characters
     (tmp_path / 'short.txt').write_text(short, encoding='utf-8')
     loss, bpb = direct_bits_per_byte(hf_model, short)
     n_tokens = len(gpt2_bpe().encode_ordinary(short))
     assert n_tokens <= N_POSITIONS and len(short.encode('utf-8')) > len(short)  # one window; bytes != characters
     for stride in (0, 1):  # the text fits in one window: any stride gives the whole-sequence value
-        run('eval.py', '--init_from=hf', '--text_file=short.txt', f'--stride={stride}', '--hellaswag=False',
+        run('eval.py', '--out_dir=ckpt', '--text_file=short.txt', f'--stride={stride}', '--hellaswag=False',
             '--device=cpu', f'--results_file=short{stride}.jsonl')
         results = read_results(tmp_path / f'short{stride}.jsonl')
         assert abs(results['text:short.txt', 'loss']['value'] - loss) < 1e-5
@@ -214,13 +233,13 @@ def test_bits_per_byte_equals_the_direct_computation(run, tmp_path):
 
 
 def test_sliding_window_over_a_long_text(run, tmp_path):
-    hf_model = random_gpt2(tmp_path / 'hf')
+    hf_model = random_model(tmp_path)
     text = sample_text(500)
     (tmp_path / 'long.txt').write_text(text, encoding='utf-8')
     assert len(gpt2_bpe().encode_ordinary(text)) > N_POSITIONS + 24
     for stride in (1, 24):
         loss, bpb = direct_bits_per_byte(hf_model, text, stride)
-        run('eval.py', '--init_from=hf', '--text_file=long.txt', f'--stride={stride}', '--batch_size=5',
+        run('eval.py', '--out_dir=ckpt', '--text_file=long.txt', f'--stride={stride}', '--batch_size=5',
             '--hellaswag=False', '--device=cpu', f'--results_file=long{stride}.jsonl')
         results = read_results(tmp_path / f'long{stride}.jsonl')
         assert abs(results['text:long.txt', 'loss']['value'] - loss) < 1e-5
@@ -229,17 +248,17 @@ def test_sliding_window_over_a_long_text(run, tmp_path):
 
 
 def test_val_bin_reads_like_the_same_text(run, tmp_path):
-    random_gpt2(tmp_path / 'hf')
+    random_model(tmp_path)
     text = sample_text(900)
     (tmp_path / 'text.txt').write_text(text, encoding='utf-8')
     (tmp_path / 'data' / 'bpe').mkdir(parents=True)
     np.array(gpt2_bpe().encode_ordinary(text), dtype=np.uint16).tofile(tmp_path / 'data' / 'bpe' / 'val.bin')
-    run('eval.py', '--init_from=hf', '--text_file=text.txt', '--dataset=bpe', '--hellaswag=False', '--device=cpu')
+    run('eval.py', '--out_dir=ckpt', '--text_file=text.txt', '--dataset=bpe', '--hellaswag=False', '--device=cpu')
     results = read_results(tmp_path / 'eval_results.jsonl')
     for metric in ('loss', 'bpb'):
         assert abs(results['text:text.txt', metric]['value'] - results['val:bpe', metric]['value']) < 1e-6
     assert results['val:bpe', 'bpb']['bytes'] == len(text.encode('utf-8'))
-    run('eval.py', '--init_from=hf', '--text_file=text.txt', '--dataset=bpe', '--hellaswag=False', '--device=cpu',
+    run('eval.py', '--out_dir=ckpt', '--text_file=text.txt', '--dataset=bpe', '--hellaswag=False', '--device=cpu',
         '--max_tokens=50', '--results_file=first50.jsonl')
     results = read_results(tmp_path / 'first50.jsonl')
     assert results['text:text.txt', 'bpb']['value'] == pytest.approx(results['val:bpe', 'bpb']['value'], abs=1e-6)
@@ -261,21 +280,21 @@ def test_character_model_bits_per_byte_and_no_hellaswag(run, trained, tmp_path):
 
 
 def test_bad_hellaswag_files_are_one_line_errors(run, tmp_path):
-    random_gpt2(tmp_path / 'hf')
-    assert_one_line_error(run('eval.py', '--init_from=hf', '--hellaswag_file=missing.jsonl', expect=None),
+    random_model(tmp_path)
+    assert_one_line_error(run('eval.py', '--out_dir=ckpt', '--hellaswag_file=missing.jsonl', expect=None),
                           'cannot read the HellaSwag file missing.jsonl')
     path = write_hellaswag(tmp_path / 'bad.jsonl', varied_examples(3))
     path.write_text(path.read_text() + '{"ctx": "no endings", "label": 0}\n')
-    assert_one_line_error(run('eval.py', '--init_from=hf', '--hellaswag_file=bad.jsonl', expect=None),
+    assert_one_line_error(run('eval.py', '--out_dir=ckpt', '--hellaswag_file=bad.jsonl', expect=None),
                           'bad.jsonl line 4 is not a labelled HellaSwag example')
     path.write_text('')
-    assert_one_line_error(run('eval.py', '--init_from=hf', '--hellaswag_file=bad.jsonl', expect=None),
+    assert_one_line_error(run('eval.py', '--out_dir=ckpt', '--hellaswag_file=bad.jsonl', expect=None),
                           'holds no HellaSwag examples')
     # no network here: the default file cannot be downloaded
-    assert_one_line_error(run('eval.py', '--init_from=hf', expect=None), 'could not download',
+    assert_one_line_error(run('eval.py', '--out_dir=ckpt', expect=None), 'could not download',
                           'data/hellaswag/hellaswag_val.jsonl')
     assert not (tmp_path / 'data' / 'hellaswag' / 'hellaswag_val.jsonl').exists()
-    assert_one_line_error(run('eval.py', '--init_from=hf', '--hellaswag=False', '--text_file=none.txt', expect=None),
+    assert_one_line_error(run('eval.py', '--out_dir=ckpt', '--hellaswag=False', '--text_file=none.txt', expect=None),
                           'cannot read none.txt')
     assert_one_line_error(run('eval.py', '--init_from=nowhere', expect=None), "unknown init_from 'nowhere'")
 

@@ -13,7 +13,7 @@ SHARED_DATA = REPO.parent / 'shared' / 'data'
 SHAKESPEARE = SHARED_DATA / 'tinyshakespeare' / 'input.txt'
 TIKTOKEN_CACHE = SHARED_DATA / 'tiktoken_cache'
 
-if os.environ.get('PYTEST_XDIST_WORKER'):  # pytest -n 2: one thread per worker, or two workers' OpenMP threads fight
+if os.environ.get('PYTEST_XDIST_WORKER'):  # a test per core (pytest.ini): one thread each, or their OpenMP threads fight
     os.environ.setdefault('OMP_NUM_THREADS', '1')
 
 if TIKTOKEN_CACHE.exists():  # GPT-2 BPE offline, here and in the scripts the tests run

@@ -334,7 +334,8 @@ def test_hellaswag_during_training(run, tmp_path):
     bpe_data(tmp_path / 'data' / 'bpe')
     write_hellaswag(tmp_path / 'data' / 'hellaswag' / 'hellaswag_val.jsonl', varied_examples(9))  # the default file
     out = run('train.py', '--dataset=bpe', *TINY_MODEL, '--max_iters=10', '--eval_interval=5', '--log_interval=5',
-              '--hellaswag_interval=4').stdout
+              '--hellaswag_interval=4', '--wandb_log=True', '--wandb_project=test',
+              env={'WANDB_MODE': 'offline', 'WANDB_DIR': str(tmp_path)}).stdout
     lines = [l for l in out.splitlines() if 'hellaswag acc_norm' in l]
     assert [l.split(':')[0] for l in lines] == ['step 0', 'step 4', 'step 8', 'step 10']
     assert '(9 examples' in lines[0]
@@ -343,6 +344,8 @@ def test_hellaswag_during_training(run, tmp_path):
     assert [e['iter'] for e in hellaswag] == [0, 4, 8, 10]
     assert all(0 <= e['acc'] <= 1 and 0 <= e['acc_norm'] <= 1 and e['examples'] == 9 for e in hellaswag)
     assert [e['iter'] for e in events if e['event'] == 'eval'] == [0, 5, 10]
+    logged = next((tmp_path / 'wandb').glob('offline-run-*/run-*.wandb')).read_bytes()
+    assert b'hellaswag/acc_norm' in logged and b'hellaswag/acc' in logged
     # the same numbers as eval.py on the checkpoint (iteration 10)
     run('eval.py', '--out_dir=out', '--hellaswag_file=data/hellaswag/hellaswag_val.jsonl', '--device=cpu')
     results = read_results(tmp_path / 'eval_results.jsonl')

@@ -84,7 +84,10 @@ class BatchedMuon(torch.optim.Muon):
             if not params:
                 continue
             grads = [p.grad for p in params]
-            momenta = [self.state[p].setdefault('momentum_buffer', torch.zeros_like(p)) for p in params]
+            for p in params:
+                if 'momentum_buffer' not in self.state[p]:
+                    self.state[p]['momentum_buffer'] = torch.zeros_like(p)
+            momenta = [self.state[p]['momentum_buffer'] for p in params]
             torch._foreach_lerp_(momenta, grads, 1 - group['momentum'])
             updates = torch._foreach_lerp(grads, momenta, group['momentum']) if group['nesterov'] else momenta
             # wide and tall matrices orthogonalise as wide ones (the Gram matrix is the small side)

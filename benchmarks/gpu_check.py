@@ -8,7 +8,7 @@ It ends with one table: ms/iter, tokens/s, MFU and peak GPU memory per case, als
 lines to results_file.
 
 $ bash benchmarks/gpu_check.sh                          # one GPU, a few minutes
-$ bash benchmarks/gpu_check.sh --full=True              # and the whole recipe: time to val loss 1.47
+$ bash benchmarks/gpu_check.sh --full=True              # and the whole recipe, classic and modern: time to val loss 1.47
 $ python benchmarks/gpu_check.py --device=cpu --tiny=True   # the same steps, tiny shapes, on a CPU
 
 Run it from the repo root with data/shakespeare_char prepared.
@@ -28,7 +28,7 @@ from configurator import configure  # noqa: E402
 
 device = 'cuda'
 tiny = False  # tiny shapes and few iterations, so the check itself runs in the test suite on a CPU
-full = False  # also train the whole shakespeare_char recipe (5000 iterations) and time it to val loss <= 1.47
+full = False  # also train the whole shakespeare_char recipe (5000 iterations), classic and modern, and time each to val loss <= 1.47
 iters = 100  # iterations per training case
 dataset = 'shakespeare_char'
 out_root = 'out-gpu-check'
@@ -145,17 +145,19 @@ for mode, args in (('train', ['--dtype=bfloat16', f'--compile={compile_first}'])
         rows.append(dict(case='bench GPT-2 shape generate', tokens_per_s=record['kv_cache_tokens_per_s'],
                          note=f"no cache {record['no_cache_tokens_per_s']} tok/s, logits within {record['max_logit_diff']:.2g}"))
 
-# 6. optionally, the whole recipe: how long to val loss 1.47
+# 6. optionally, the whole recipe, classic and modern (config/modern.py): how long each takes to val loss 1.47
 if full:
-    name = 'full recipe bf16-compile'
-    out_dir = os.path.join(out_root, 'full')
-    run(name, [python, os.path.join(REPO, 'train.py'), os.path.join(REPO, 'config', 'train_shakespeare_char.py'),
-               f'--device={device}', f'--out_dir={out_dir}'])
-    events = record_training(name, out_dir, 0)
-    start = next(e['time'] for e in events if e['event'] == 'eval')
-    reached = [e for e in events if e['event'] == 'eval' and e['val_loss'] <= 1.47]
-    rows[-1]['note'] = (f"val <= 1.47 at iteration {reached[0]['iter']}, {reached[0]['time'] - start:.0f} s after the "
-                        f"first evaluation" if reached else "val loss never reached 1.47")
+    for name, modern in (('full recipe bf16-compile', []), ('full modern recipe bf16-compile', ['config/modern.py'])):
+        out_dir = os.path.join(out_root, 'full-modern' if modern else 'full')
+        configs = [os.path.join(REPO, 'config', 'train_shakespeare_char.py')] + [os.path.join(REPO, c) for c in modern]
+        small = shape + [f'--max_iters={iters}', '--eval_iters=2', '--eval_interval=5', '--log_interval=2'] if tiny else []
+        run(name, [python, os.path.join(REPO, 'train.py'), *configs, f'--dataset={dataset}', f'--device={device}',
+                   f'--out_dir={out_dir}', *small])
+        events = record_training(name, out_dir, 0)
+        start = next(e['time'] for e in events if e['event'] == 'eval')
+        reached = [e for e in events if e['event'] == 'eval' and e['val_loss'] <= 1.47]
+        rows[-1]['note'] = (f"val <= 1.47 at iteration {reached[0]['iter']}, {reached[0]['time'] - start:.0f} s after "
+                            f"the first evaluation" if reached else "val loss never reached 1.47")
 
 with open(results_file, 'a') as f:
     for row in rows:

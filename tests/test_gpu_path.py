@@ -101,13 +101,14 @@ def test_gpu_check_runs_its_steps_on_a_cpu(tmp_path, char_data):
     # the GPU check, tiny: every step and the table, so the script cannot rot between GPU sessions
     (tmp_path / 'data' / 'shakespeare_char').symlink_to(tmp_path / 'data' / 'tiny')
     result = subprocess.run(['bash', str(REPO / 'benchmarks' / 'gpu_check.sh'), '--device=cpu', '--tiny=True',
-                             '--iters=10', f'--out_root={tmp_path / "out"}', f'--results_file={tmp_path / "check.jsonl"}'],
+                             '--iters=10', '--full=True', f'--out_root={tmp_path / "out"}', f'--results_file={tmp_path / "check.jsonl"}'],
                             cwd=tmp_path, capture_output=True, text=True, timeout=240, env=_env())
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert 'all checks passed' in result.stdout
     rows = {row['case']: row for row in map(json.loads, (tmp_path / 'check.jsonl').read_text().splitlines())}
     assert rows['bf16-compile']['note'].startswith('host syncs: 0 inside the training step')
     for case in ('bf16-compile', 'fp16-scaler', 'fp32-tf32', 'resume fp32->fp16', 'torchrun stop+resume',
-                 'bench GPT-2 shape train'):
+                 'bench GPT-2 shape train', 'full recipe bf16-compile', 'full modern recipe bf16-compile'):
         assert rows[case]['ms_per_iter'] > 0 and rows[case]['tokens_per_s'] > 0, case
+    assert rows['full modern recipe bf16-compile']['note'] == 'val loss never reached 1.47'  # a tiny model, 10 steps
     assert '| case | ms/iter | tokens/s | MFU | peak GPU GB |' in result.stdout

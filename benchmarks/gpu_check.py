@@ -8,7 +8,7 @@ It ends with one table: ms/iter, tokens/s, MFU and peak GPU memory per case, als
 lines to results_file.
 
 $ bash benchmarks/gpu_check.sh                          # one GPU, a few minutes
-$ bash benchmarks/gpu_check.sh --full=True              # and the whole recipe, classic and modern: time to val loss 1.47
+$ bash benchmarks/gpu_check.sh --full=True              # and the whole recipe, classic and modern, to val 1.47
 $ python benchmarks/gpu_check.py --device=cpu --tiny=True   # the same steps, tiny shapes, on a CPU
 
 Run it from the repo root with data/shakespeare_char prepared.
@@ -28,7 +28,7 @@ from configurator import configure  # noqa: E402
 
 device = 'cuda'
 tiny = False  # tiny shapes and few iterations, so the check itself runs in the test suite on a CPU
-full = False  # also train the whole shakespeare_char recipe (5000 iterations), classic and modern, and time each to val loss <= 1.47
+full = False  # also train the whole shakespeare_char recipe, classic and modern, timing each to val loss <= 1.47
 iters = 100  # iterations per training case
 dataset = 'shakespeare_char'
 out_root = 'out-gpu-check'
@@ -150,7 +150,8 @@ if full:
     for name, modern in (('full recipe bf16-compile', []), ('full modern recipe bf16-compile', ['config/modern.py'])):
         out_dir = os.path.join(out_root, 'full-modern' if modern else 'full')
         configs = [os.path.join(REPO, 'config', 'train_shakespeare_char.py')] + [os.path.join(REPO, c) for c in modern]
-        small = shape + [f'--max_iters={iters}', '--eval_iters=2', '--eval_interval=5', '--log_interval=2'] if tiny else []
+        small = [*shape, f'--max_iters={iters}', '--eval_iters=2', '--eval_interval=5', '--log_interval=2'] \
+            if tiny else []
         run(name, [python, os.path.join(REPO, 'train.py'), *configs, f'--dataset={dataset}', f'--device={device}',
                    f'--out_dir={out_dir}', *small])
         events = record_training(name, out_dir, 0)

@@ -20,6 +20,11 @@ if TIKTOKEN_CACHE.exists():  # GPT-2 BPE offline, here and in the scripts the te
     os.environ.setdefault('TIKTOKEN_CACHE_DIR', str(TIKTOKEN_CACHE))
 
 
+def pytest_collection_modifyitems(items):
+    """Tests marked slow first: with a test per core, the cores then finish at about the same time."""
+    items.sort(key=lambda item: item.get_closest_marker('slow') is None)
+
+
 def _bpe_available():
     try:
         import tiktoken

@@ -6,6 +6,7 @@ import socket
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from conftest import REPO, TINY_MODEL, _env
@@ -79,6 +80,7 @@ def test_ctrl_c_under_torchrun_saves_the_latest_state(tmp_path, char_data):
     assert torch.load(tmp_path / 'out' / 'last.pt', weights_only=True)['iter_num'] == stopped_at >= 50
 
 
+@pytest.mark.slow
 def test_resume_under_ddp_is_exact(tmp_path, char_data):
     # each rank's own random state (dropout) is saved and restored
     def torchrun_train(*args):

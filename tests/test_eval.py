@@ -170,6 +170,7 @@ def torchrun(*args, cwd, script='eval.py'):
                            str(REPO / script), *args], cwd=cwd, capture_output=True, text=True, timeout=240, env=_env())
 
 
+@pytest.mark.slow
 def test_ddp_gives_the_same_counts_as_one_process(run, tmp_path):
     random_model(tmp_path)
     write_hellaswag(tmp_path / 'hs.jsonl', varied_examples(11, seed=1))  # 6 batches of 2: uneven shares

@@ -98,6 +98,7 @@ def test_prepare_shakespeare_bpe_counts(run):
     assert 'train has 301,966 tokens, val has 36,059 tokens' in result.stdout
 
 
+@pytest.mark.slow
 @needs_bpe
 def test_finetune_a_pretrained_model_then_resume_and_sample(run, tmp_path):
     (tmp_path / 'small.txt').write_text(sample_text(20_000))

@@ -34,6 +34,7 @@ def test_with_every_new_setting_off_training_is_bit_identical_to_before(run, tmp
     assert before['model_args'] == now['model_args']  # what the original nanoGPT reads
 
 
+@pytest.mark.slow
 def test_a_modern_model_trains_resumes_exactly_samples_and_benches(run, tmp_path, char_data):
     args = ['--dataset=tiny', *MODERN, *TINY_MODEL, '--eval_interval=10', '--always_save_checkpoint=True']
     run('train.py', *args, '--max_iters=20', '--out_dir=straight')

@@ -9,6 +9,7 @@ lines to results_file.
 
 $ bash benchmarks/gpu_check.sh                          # one GPU, a few minutes
 $ bash benchmarks/gpu_check.sh --full=True              # and the whole recipe, classic and modern, to val 1.47
+$ bash benchmarks/gpu_check.sh --quick=False --full=True   # just the whole recipes (after a plain check)
 $ python benchmarks/gpu_check.py --device=cpu --tiny=True   # the same steps, tiny shapes, on a CPU
 
 Run it from the repo root with data/shakespeare_char prepared.
@@ -28,6 +29,7 @@ from configurator import configure  # noqa: E402
 
 device = 'cuda'
 tiny = False  # tiny shapes and few iterations, so the check itself runs in the test suite on a CPU
+quick = True  # steps 1-5 below, a few minutes; False with --full=True: just the whole recipes
 full = False  # also train the whole shakespeare_char recipe, classic and modern, timing each to val loss <= 1.47
 iters = 100  # iterations per training case
 dataset = 'shakespeare_char'
@@ -86,64 +88,68 @@ def record_training(name, out_dir, seconds, after_iter=0):
 
 
 compile_first = 'True' if on_gpu else 'False'  # compiling on a CPU takes minutes; the CPU run checks the rest
-# 1. three dtypes; the first under the sync counter, which fails if the step waits for the device
-train('bf16-compile', '--dtype=bfloat16', f'--compile={compile_first}',
-      wrapper=(os.path.join(REPO, 'benchmarks', 'count_syncs.py'),))
-train('fp16-scaler', '--dtype=float16', '--compile=False')
-train('fp32-tf32', '--dtype=float32', '--compile=False')
-# 2. resume across dtypes: float32 -> float16 (a GradScaler without saved state), float16 -> bfloat16
-train('resume fp32->fp16', '--dtype=float16', '--compile=False', '--init_from=resume', f'--max_iters={iters + 20}',
-      out_dir='fp32-tf32', after_iter=iters)
-train('resume fp16->bf16', '--dtype=bfloat16', '--compile=False', '--init_from=resume', f'--max_iters={iters + 20}',
-      out_dir='fp16-scaler', after_iter=iters)
+if quick:
+    # 1. three dtypes; the first under the sync counter, which fails if the step waits for the device
+    train('bf16-compile', '--dtype=bfloat16', f'--compile={compile_first}',
+          wrapper=(os.path.join(REPO, 'benchmarks', 'count_syncs.py'),))
+    train('fp16-scaler', '--dtype=float16', '--compile=False')
+    train('fp32-tf32', '--dtype=float32', '--compile=False')
+    # 2. resume across dtypes: float32 -> float16 (a GradScaler without saved state), float16 -> bfloat16
+    train('resume fp32->fp16', '--dtype=float16', '--compile=False', '--init_from=resume', f'--max_iters={iters + 20}',
+          out_dir='fp32-tf32', after_iter=iters)
+    train('resume fp16->bf16', '--dtype=bfloat16', '--compile=False', '--init_from=resume', f'--max_iters={iters + 20}',
+          out_dir='fp16-scaler', after_iter=iters)
 
-# 3. torchrun with one process (nccl on a GPU): SIGTERM mid-run saves, and the run resumes to the end
-torchrun_dir = os.path.join(out_root, 'torchrun')
-torchrun = [python, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=1', os.path.join(REPO, 'train.py'),
-            *recipe, f'--out_dir={torchrun_dir}', '--dtype=bfloat16', '--compile=False', '--eval_interval=100000',
-            '--always_save_checkpoint=False']
-print(f"\n== torchrun, SIGTERM, resume: {' '.join(torchrun)}", flush=True)
-start = time.time()
-proc = subprocess.Popen(torchrun + ['--max_iters=100000'], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                        start_new_session=True)
-lines = []
-for line in proc.stdout:
-    lines.append(line)
-    if line.startswith('iter ') and int(line.split()[1].split('/')[0]) >= 20:
-        os.killpg(proc.pid, signal.SIGTERM)
-        break
-rest, _ = proc.communicate(timeout=300)
-log = ''.join(lines) + rest
-if 'stopped at iteration' not in log or not os.path.exists(os.path.join(torchrun_dir, 'last.pt')):
-    print(f"FAILED: torchrun did not stop cleanly on SIGTERM (exit {proc.returncode})\n{log[-4000:]}", file=sys.stderr)
-    sys.exit(1)
-stopped_at = int(log.split('stopped at iteration ')[1].split(';')[0])
-print(f"stopped at iteration {stopped_at} (exit {proc.returncode}); resuming", flush=True)
-run('torchrun resume', torchrun + [f'--max_iters={stopped_at + 20}', '--init_from=resume'])
-record_training('torchrun stop+resume', torchrun_dir, time.time() - start)
+    # 3. torchrun with one process (nccl on a GPU): SIGTERM mid-run saves, and the run resumes to the end
+    torchrun_dir = os.path.join(out_root, 'torchrun')
+    torchrun = [python, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=1',
+                os.path.join(REPO, 'train.py'), *recipe, f'--out_dir={torchrun_dir}', '--dtype=bfloat16',
+                '--compile=False', '--eval_interval=100000', '--always_save_checkpoint=False']
+    print(f"\n== torchrun, SIGTERM, resume: {' '.join(torchrun)}", flush=True)
+    start = time.time()
+    proc = subprocess.Popen(torchrun + ['--max_iters=100000'], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith('iter ') and int(line.split()[1].split('/')[0]) >= 20:
+            os.killpg(proc.pid, signal.SIGTERM)
+            break
+    rest, _ = proc.communicate(timeout=300)
+    log = ''.join(lines) + rest
+    if 'stopped at iteration' not in log or not os.path.exists(os.path.join(torchrun_dir, 'last.pt')):
+        print(f"FAILED: torchrun did not stop cleanly on SIGTERM (exit {proc.returncode})\n{log[-4000:]}",
+              file=sys.stderr)
+        sys.exit(1)
+    stopped_at = int(log.split('stopped at iteration ')[1].split(';')[0])
+    print(f"stopped at iteration {stopped_at} (exit {proc.returncode}); resuming", flush=True)
+    run('torchrun resume', torchrun + [f'--max_iters={stopped_at + 20}', '--init_from=resume'])
+    record_training('torchrun stop+resume', torchrun_dir, time.time() - start)
 
-# 4. sampling from the bfloat16 run, with and without the KV cache
-for kv_cache in (True, False):
-    _, seconds = run(f'sample kv_cache={kv_cache}', [python, os.path.join(REPO, 'sample.py'),
-                                                     f'--out_dir={os.path.join(out_root, "bf16-compile")}',
-                                                     f'--device={device}', '--num_samples=4', '--max_new_tokens=200',
-                                                     f'--kv_cache={kv_cache}'])
-    rows.append(dict(case=f'sample kv_cache={kv_cache}', seconds=round(seconds, 1)))
+    # 4. sampling from the bfloat16 run, with and without the KV cache
+    for kv_cache in (True, False):
+        bf16_run = os.path.join(out_root, 'bf16-compile')
+        _, seconds = run(f'sample kv_cache={kv_cache}',
+                         [python, os.path.join(REPO, 'sample.py'), f'--out_dir={bf16_run}',
+                          f'--device={device}', '--num_samples=4', '--max_new_tokens=200', f'--kv_cache={kv_cache}'])
+        rows.append(dict(case=f'sample kv_cache={kv_cache}', seconds=round(seconds, 1)))
 
-# 5. bench.py: the GPT-2 124M training step (bfloat16, compile) and generation
-bench_file = os.path.join(out_root, 'bench.jsonl')
-for mode, args in (('train', ['--dtype=bfloat16', f'--compile={compile_first}']), ('generate', ['--dtype=bfloat16'])):
-    run(f'bench {mode}', [python, os.path.join(REPO, 'bench.py'), *gpt2, f'--device={device}', f'--mode={mode}',
-                          f'--results_file={bench_file}', *args] + (['--bench_iters=3', '--warmup_iters=1',
-                                                                     '--max_new_tokens=20', '--repeats=1'] if tiny else []))
-    with open(bench_file) as f:
-        record = [json.loads(line) for line in f][-1]
-    if mode == 'train':
-        rows.append(dict(case='bench GPT-2 shape train', ms_per_iter=record['median_ms'],
-                         tokens_per_s=record['tokens_per_s'], mfu=record['mfu'], peak_gpu_gb=record['peak_gpu_gb']))
-    else:
-        rows.append(dict(case='bench GPT-2 shape generate', tokens_per_s=record['kv_cache_tokens_per_s'],
-                         note=f"no cache {record['no_cache_tokens_per_s']} tok/s, logits within {record['max_logit_diff']:.2g}"))
+    # 5. bench.py: the GPT-2 124M training step (bfloat16, compile) and generation
+    bench_file = os.path.join(out_root, 'bench.jsonl')
+    short = ['--bench_iters=3', '--warmup_iters=1', '--max_new_tokens=20', '--repeats=1'] if tiny else []
+    for mode, args in (('train', ['--dtype=bfloat16', f'--compile={compile_first}']),
+                       ('generate', ['--dtype=bfloat16'])):
+        run(f'bench {mode}', [python, os.path.join(REPO, 'bench.py'), *gpt2, f'--device={device}', f'--mode={mode}',
+                              f'--results_file={bench_file}', *args, *short])
+        with open(bench_file) as f:
+            record = [json.loads(line) for line in f][-1]
+        if mode == 'train':
+            rows.append(dict(case='bench GPT-2 shape train', ms_per_iter=record['median_ms'],
+                             tokens_per_s=record['tokens_per_s'], mfu=record['mfu'], peak_gpu_gb=record['peak_gpu_gb']))
+        else:
+            rows.append(dict(case='bench GPT-2 shape generate', tokens_per_s=record['kv_cache_tokens_per_s'],
+                             note=f"no cache {record['no_cache_tokens_per_s']} tok/s, "
+                                  f"logits within {record['max_logit_diff']:.2g}"))
 
 # 6. optionally, the whole recipe, classic and modern (config/modern.py): how long each takes to val loss 1.47
 if full:
@@ -152,9 +158,9 @@ if full:
         configs = [os.path.join(REPO, 'config', 'train_shakespeare_char.py')] + [os.path.join(REPO, c) for c in modern]
         small = [*shape, f'--max_iters={iters}', '--eval_iters=2', '--eval_interval=5', '--log_interval=2'] \
             if tiny else []
-        run(name, [python, os.path.join(REPO, 'train.py'), *configs, f'--dataset={dataset}', f'--device={device}',
-                   f'--out_dir={out_dir}', *small])
-        events = record_training(name, out_dir, 0)
+        _, seconds = run(name, [python, os.path.join(REPO, 'train.py'), *configs, f'--dataset={dataset}',
+                                f'--device={device}', f'--out_dir={out_dir}', *small])
+        events = record_training(name, out_dir, seconds)
         start = next(e['time'] for e in events if e['event'] == 'eval')
         reached = [e for e in events if e['event'] == 'eval' and e['val_loss'] <= 1.47]
         rows[-1]['note'] = (f"val <= 1.47 at iteration {reached[0]['iter']}, {reached[0]['time'] - start:.0f} s after "

@@ -24,7 +24,7 @@ LAST_NAME = 'last.pt'  # the latest state, written when a run is stopped early, 
 
 ORIGINAL_MODEL_ARGS = ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias', 'vocab_size', 'dropout')
 # what a resume must keep: the model's shape and its modern choices
-MODEL_SHAPE_KEYS = ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias', 'vocab_size') + tuple(MODERN_DEFAULTS)
+MODEL_SHAPE_KEYS = tuple(k for k in ORIGINAL_MODEL_ARGS if k != 'dropout') + tuple(MODERN_DEFAULTS)
 
 
 def model_args_of(config):
@@ -32,7 +32,7 @@ def model_args_of(config):
     A classic model's checkpoint is thus the original's; a modern one names fields the original's
     GPTConfig does not have, so the original refuses it rather than building a wrong model."""
     args = {k: getattr(config, k) for k in ORIGINAL_MODEL_ARGS}
-    args.update({k: getattr(config, k) for k, default in MODERN_DEFAULTS.items() if getattr(config, k) != default})
+    args.update(config.modern_choices())
     return args
 
 

@@ -17,8 +17,9 @@ import torch
 
 import checkpoints
 import errors
+import report
 from configurator import configure
-from model import HF_TRANSPOSED, MODERN_DEFAULTS
+from model import HF_TRANSPOSED
 
 out_dir = 'out'  # the run whose ckpt.pt to export
 export_dir = ''  # where the Hugging Face folder goes; '' means out_dir/hf
@@ -29,8 +30,7 @@ ckpt_path = os.path.join(out_dir, checkpoints.CKPT_NAME)
 checkpoint = checkpoints.load_checkpoint(ckpt_path)
 model = checkpoints.model_from_checkpoint(checkpoint, ckpt_path)
 if not model.config.is_classic():
-    choices = ', '.join(f"{k}={v}" for k, v in checkpoint['model_args'].items() if k in MODERN_DEFAULTS)
-    errors.fail(f"{ckpt_path} is a modern-recipe model ({choices}), which Hugging Face's GPT2LMHeadModel cannot "
+    errors.fail(f"{ckpt_path} is a modern-recipe model ({report.describe_choices(model.config)}), which Hugging Face's GPT2LMHeadModel cannot "
                 f"express; sample it with sample.py")
 try:
     from transformers import GPT2Config, GPT2LMHeadModel

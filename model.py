@@ -36,9 +36,14 @@ class GPTConfig:
     logit_softcap: float = 0.0  # > 0: logits = cap * tanh(logits / cap) (Gemma 2), bounding them smoothly
     rotary_base: float = 10000.0
 
+    def modern_choices(self):
+        """The modern recipe's settings this model has that differ from GPT-2's, {name: value}."""
+        return {name: getattr(self, name) for name, default in MODERN_DEFAULTS.items()
+                if getattr(self, name) != default}
+
     def is_classic(self):
         """True when the model is GPT-2's, which the original nanoGPT and Hugging Face can express."""
-        return {name: getattr(self, name) for name in MODERN_DEFAULTS} == MODERN_DEFAULTS
+        return not self.modern_choices()
 
 
 MODERN_DEFAULTS = dict(rotary=False, norm='layernorm', qk_norm=False, mlp='gelu', tie_weights=True, zero_init=False,

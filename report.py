@@ -6,8 +6,6 @@ import math
 import os
 import time
 
-from model import MODERN_DEFAULTS
-
 
 class MetricsLog:
     """out_dir/metrics.jsonl: one JSON object per log or eval event, appended across resumes.
@@ -67,8 +65,4 @@ def format_duration(seconds):
 def describe_choices(config):
     """The modern recipe's choices a model makes, in a few words: 'rotary, qk_norm, mlp=relu2, ...'."""
     words = {'rotary': 'rotary', 'qk_norm': 'qk_norm', 'tie_weights': 'untied head', 'zero_init': 'zero init'}
-    parts = []
-    for name, default in MODERN_DEFAULTS.items():
-        if getattr(config, name) != default:
-            parts.append(words.get(name) or f"{name}={getattr(config, name)}")
-    return ', '.join(parts)
+    return ', '.join(words.get(name) or f"{name}={value}" for name, value in config.modern_choices().items())

@@ -147,7 +147,7 @@ def setup_runtime(device, dtype, compile, backend='auto', seed=1337, onednn='aut
         torch.backends.cudnn.allow_tf32 = True
     return SimpleNamespace(
         ddp=ddp, rank=rank, local_rank=local_rank, world_size=world_size, master=rank == 0,
-        device=device, device_type=device_type, dtype=dtype, backend=backend,
+        device=device, device_type=device_type, dtype=dtype, ptdtype=ptdtype, backend=backend,
         compile=compile, onednn=check_onednn_setting(onednn, device_type, dtype, compile), onednn_speedup=None,  # place_model decides 'auto'
         autocast=nullcontext() if dtype == 'float32' else torch.autocast(device_type, dtype=ptdtype),
     )

@@ -17,7 +17,6 @@ import torch
 
 from errors import fail
 
-DTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}
 
 
 def check_fsdp_setting(fsdp, device, optimizer='adamw'):
@@ -61,7 +60,7 @@ def shard(model, runtime):
     # between micro-steps) in float32. Autocast stays on as under DDP: with weights already in
     # low precision it casts no matmul input, and it keeps layer norm, softmax and the loss in
     # float32, where bfloat16 logits would round each batch's loss to ~0.02.
-    policy = MixedPrecisionPolicy(param_dtype=DTYPES[runtime.dtype], reduce_dtype=torch.float32)
+    policy = MixedPrecisionPolicy(param_dtype=runtime.ptdtype, reduce_dtype=torch.float32)
     for block in model.transformer.h:
         fully_shard(block, mesh=mesh, mp_policy=policy)
     # the root's weights (embeddings, tied head) are needed again first thing in backward

@@ -290,7 +290,7 @@ if rt.master:
     print(f"device {rt.device}, dtype {rt.dtype}, compile {rt.compile}, {processes}{runtime.describe_linears(rt)}")
     print(f"model: {report.format_count(n_params)} parameters ({model_args['n_layer']} layers, {model_args['n_head']} "
           f"heads, {model_args['n_embd']} wide, context {block_size}, vocabulary {vocab_size})"
-          + (f"; modern: {report.describe_choices(raw_model.config)}" if not raw_model.config.is_classic() else '')
+          + (f"; modern: {report.describe_choices(raw_model.config)}" if raw_model.config.modern_choices() else '')
           + f"; optimizer: {config['optimizer']}")
     print(f"{tokens_per_iter:,} tokens per iteration ({batch_size} sequences x {block_size} tokens x "
           f"{gradient_accumulation_steps * rt.world_size} micro-steps); {max_iters:,} iterations; out_dir {out_dir}")

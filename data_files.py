@@ -74,10 +74,16 @@ def load_blocks(path, starts, block_size, runtime, vocab_size=None):
     if vocab_size is not None and blocks.max() >= vocab_size:
         fail(f"{path} has token ids >= vocab_size ({vocab_size}); prepare the dataset again",
              every_rank=True)  # only this rank's batch found it
-    tokens = torch.from_numpy(blocks.astype(np.int64))
+    return to_device(blocks.astype(np.int64), runtime)
+
+
+def to_device(array, runtime):
+    """A numpy array as a tensor on the runtime's device; on CUDA through pinned memory, so that the
+    copy overlaps with compute."""
+    tensor = torch.from_numpy(array)
     if runtime.device_type == 'cuda':
-        return tokens.pin_memory().to(runtime.device, non_blocking=True)
-    return tokens.to(runtime.device)
+        return tensor.pin_memory().to(runtime.device, non_blocking=True)
+    return tensor.to(runtime.device)
 
 
 def max_token(path, chunk_tokens=1 << 24):
@@ -89,19 +95,27 @@ def max_token(path, chunk_tokens=1 << 24):
     return largest
 
 
-def read_text(input_file, default_file, url):
+def download(url, path, hint):
+    """Fetch url into path (atomically: an interrupted download leaves no file), or a one-line error
+    ending with hint."""
+    import requests
+    os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+    print(f"downloading {url}", flush=True)
+    try:
+        response = requests.get(url, timeout=60)
+        response.raise_for_status()
+    except requests.RequestException as e:
+        fail(f"could not download {url} ({type(e).__name__}); {hint}")
+    with open(path + '.tmp', 'wb') as f:
+        f.write(response.content)
+    os.replace(path + '.tmp', path)
+
+
+def read_text(input_file, default_file=None, url=None):
     """The text of input_file; without one, of default_file, first downloaded from url if missing."""
     if not input_file and not os.path.exists(default_file):
-        import requests
-        print(f"downloading {url}")
-        try:
-            response = requests.get(url, timeout=30)
-            response.raise_for_status()
-        except requests.RequestException as e:
-            fail(f"could not download {url} ({type(e).__name__}); download it yourself and save it "
-                 f"as {os.path.relpath(default_file)}, or pass --input_file=PATH")
-        with open(default_file, 'w', encoding='utf-8') as f:
-            f.write(response.text)
+        download(url, default_file, f"download it yourself and save it as {os.path.relpath(default_file)}, "
+                                    f"or pass --input_file=PATH")
     path = input_file or default_file
     try:
         with open(path, encoding='utf-8') as f:

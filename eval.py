@@ -52,7 +52,7 @@ if hellaswag not in (True, False, 'auto'):
 rt = runtime.setup_runtime(device, dtype, compile, backend, seed, onednn)
 model, meta, model_name = checkpoints.inference_model(init_from, out_dir, rt.device)
 vocab_size, block_size = model.config.vocab_size, model.config.block_size
-run_hellaswag = hellaswag is True or (hellaswag == 'auto' and meta is None and vocab_size >= evals.GPT2_VOCAB)
+run_hellaswag = hellaswag is True or (hellaswag == 'auto' and evals.is_bpe(meta, vocab_size))
 if not (run_hellaswag or text_file or dataset):
     errors.fail("nothing to evaluate: HellaSwag needs a model with GPT-2's BPE vocabulary; give --text_file=PATH "
                 "or --dataset=NAME for loss and bits per byte")

@@ -44,29 +44,14 @@ GPT2_HELLASWAG = {'gpt2': (0.2859, 0.2955), 'gpt2-xl': (0.3842, 0.4893)}
 GPT2_VOCAB = 50257  # GPT-2 BPE's tokens; models trained here from scratch pad it to 50304
 
 
-def download(url, path, hint):
-    """Fetch url into path (atomically: an interrupted download leaves no file), or a one-line error."""
-    import requests
-    os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-    print(f"downloading {url}", flush=True)
-    try:
-        response = requests.get(url, timeout=60)
-        response.raise_for_status()
-    except requests.RequestException as e:
-        fail(f"could not download {url} ({type(e).__name__}); {hint}")
-    with open(path + '.tmp', 'wb') as f:
-        f.write(response.content)
-    os.replace(path + '.tmp', path)
-
-
 def hellaswag_path(path, runtime):
     """The HellaSwag file: path as given, or data/hellaswag/hellaswag_val.jsonl, downloaded once by
     the first process of each machine while the others wait."""
     if path:
         return path
     if not os.path.exists(HELLASWAG_FILE) and runtime.local_rank == 0:
-        download(HELLASWAG_URL, HELLASWAG_FILE, f"download it yourself and save it as {HELLASWAG_FILE}, "
-                                                f"or pass --hellaswag_file=PATH")
+        data_files.download(HELLASWAG_URL, HELLASWAG_FILE,
+                            f"download it yourself and save it as {HELLASWAG_FILE}, or pass --hellaswag_file=PATH")
     if runtime.ddp:
         torch.distributed.barrier()
     return HELLASWAG_FILE
@@ -107,6 +92,11 @@ class Example:
     context: list  # token ids
     endings: list  # 4 lists of token ids
     label: int
+
+
+def is_bpe(meta, vocab_size):
+    """Whether a model (its character vocabulary meta, or None, and vocab_size) reads GPT-2 BPE."""
+    return meta is None and vocab_size >= GPT2_VOCAB
 
 
 def check_bpe(meta, vocab_size, what='HellaSwag'):
@@ -150,12 +140,6 @@ def hellaswag_rows(batch, block_size):
     return idx, targets
 
 
-def _to_device(array, runtime):
-    tensor = torch.from_numpy(array)
-    return tensor.pin_memory().to(runtime.device, non_blocking=True) if runtime.device_type == 'cuda' \
-        else tensor.to(runtime.device)
-
-
 def _my_batches(items, batch_size, runtime):
     """items in batches of batch_size; under DDP this rank's share, every world_size-th batch. The
     batches are the same for any number of processes, so the numbers are too."""
@@ -180,21 +164,20 @@ def hellaswag(model, examples, runtime, batch_size=8, details=False, progress=Fa
     block_size = model.config.block_size
     # similar lengths in a batch: less padding. Sorted once per call, so DDP ranks agree on the batches
     order = sorted(examples, key=lambda e: max(len(e.context) + len(end) for end in e.endings))
-    counts = torch.zeros(3, dtype=torch.int64, device=runtime.device)  # examples, correct, correct_norm
+    counts = torch.zeros(2, dtype=torch.int64, device=runtime.device)  # correct, correct_norm
     mine = []
     was_training = model.training
     model.eval()
     for batch in _progress(_my_batches(order, batch_size, runtime), runtime, progress, 'hellaswag'):
         idx, targets = hellaswag_rows(batch, block_size)
-        idx, targets = _to_device(idx, runtime), _to_device(targets, runtime)
+        idx, targets = data_files.to_device(idx, runtime), data_files.to_device(targets, runtime)
         with runtime.autocast:
             losses = model.token_losses(idx, targets)
         sums = losses.sum(1).view(-1, 4)
         means = sums / (targets != -1).sum(1).view(-1, 4)
         labels = torch.tensor([e.label for e in batch], device=runtime.device)
         pred, pred_norm = sums.argmin(1), means.argmin(1)  # ties go to the first ending
-        counts += torch.stack([torch.tensor(len(batch), device=runtime.device),
-                               (pred == labels).sum(), (pred_norm == labels).sum()])
+        counts += torch.stack([(pred == labels).sum(), (pred_norm == labels).sum()])
         if details:
             mine += [dict(index=e.index, label=e.label, pred=p, pred_norm=pn, sum_losses=s, mean_losses=m,
                           ending_tokens=[len(end) for end in e.endings])
@@ -202,7 +185,7 @@ def hellaswag(model, examples, runtime, batch_size=8, details=False, progress=Fa
     model.train(was_training)
     if runtime.ddp:
         torch.distributed.all_reduce(counts)
-    n, correct, correct_norm = counts.tolist()
+    n, (correct, correct_norm) = len(examples), counts.tolist()  # the ranks' shares make up every example
     result = dict(acc=correct / max(n, 1), acc_norm=correct_norm / max(n, 1), correct=correct,
                   correct_norm=correct_norm, examples=n, seconds=time.time() - start)
     if details:
@@ -231,11 +214,7 @@ def text_tokens(path, meta, max_tokens=0):
     """A UTF-8 text file's token ids (numpy), as the model reads it: GPT-2 BPE after an <|endoftext|>,
     so that the first token is predicted too; or the model's characters, where the first one only
     gives context. max_tokens keeps the first max_tokens (0: all)."""
-    try:
-        with open(path, encoding='utf-8') as f:
-            text = f.read()
-    except (OSError, UnicodeDecodeError) as e:
-        fail(f"cannot read {path} as UTF-8 text ({e.strerror if isinstance(e, OSError) else e})")
+    text = data_files.read_text(path)
     if meta is None:
         enc = tokenizer.gpt2_encoding()
         ids = enc.encode_ordinary(text)
@@ -299,7 +278,6 @@ def text_loss(model, tokens, bytes_per_token, runtime, stride=0, batch_size=8, p
         fail(f"--stride must be between 1 and the model's block_size ({block_size}), not {stride}")
     sums = torch.zeros((), dtype=torch.float32 if runtime.device_type == 'mps' else torch.float64,
                        device=runtime.device)
-    n_scored = n_bytes = 0
     was_training = model.training
     model.eval()
     for batch in _progress(_my_batches(sliding_windows(len(tokens), block_size, stride), batch_size, runtime),
@@ -310,16 +288,13 @@ def text_loss(model, tokens, bytes_per_token, runtime, stride=0, batch_size=8, p
         for r, (begin, end, scored_from) in enumerate(batch):
             idx[r, :end - begin] = tokens[begin:end]
             targets[r, scored_from - begin:end - begin] = tokens[scored_from + 1:end + 1]
-            n_scored += end - scored_from
-            n_bytes += int(bytes_per_token[tokens[scored_from + 1:end + 1]].sum())
         with runtime.autocast:
-            losses = model.token_losses(_to_device(idx, runtime), _to_device(targets, runtime))
+            losses = model.token_losses(data_files.to_device(idx, runtime), data_files.to_device(targets, runtime))
         sums += losses.sum()
     model.train(was_training)
-    totals = torch.tensor([sums.item(), n_scored, n_bytes], dtype=torch.float64)
     if runtime.ddp:
-        totals = totals.to(runtime.device)
-        torch.distributed.all_reduce(totals)
-    loss_sum, n_scored, n_bytes = totals.tolist()
+        torch.distributed.all_reduce(sums)
+    # the windows score every token but the first exactly once, over all ranks together
+    loss_sum, n_scored, n_bytes = sums.item(), len(tokens) - 1, int(bytes_per_token[tokens[1:]].sum())
     return dict(loss=loss_sum / n_scored, bpb=loss_sum / math.log(2) / n_bytes if n_bytes else float('nan'),
-                tokens=int(n_scored), bytes=int(n_bytes), stride=stride, seconds=time.time() - start)
+                tokens=n_scored, bytes=n_bytes, stride=stride, seconds=time.time() - start)

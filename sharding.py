@@ -19,9 +19,10 @@ from errors import fail
 
 
 
-def check_fsdp_setting(fsdp, device, optimizer='adamw'):
-    """Before torchrun's group is set up: FSDP needs torchrun, a CUDA GPU or the CPU, and an
-    optimizer whose update of a parameter can be computed from that parameter's rows alone."""
+def check_fsdp_setting(fsdp, device, optimizer='adamw', onednn='auto'):
+    """Before torchrun's group is set up: FSDP needs torchrun, a CUDA GPU or the CPU, an optimizer
+    whose update of a parameter can be computed from that parameter's rows alone, and PyTorch's own
+    linear layers (oneDNN's are not tried on sharded weights)."""
     if not fsdp:
         return
     if device.split(':')[0] == 'mps':
@@ -34,6 +35,8 @@ def check_fsdp_setting(fsdp, device, optimizer='adamw'):
         # Muon orthogonalises whole matrices; FSDP gives each rank a slice of rows of each one
         fail(f"--fsdp=True works with optimizer='adamw' only: {optimizer} needs whole weight matrices, "
              f"which FSDP splits across ranks; drop --fsdp (DDP) or use --optimizer=adamw")
+    if onednn is True:
+        fail("--fsdp=True runs PyTorch's own linear layers, not oneDNN's; drop --onednn=True (or --fsdp)")
 
 
 def shard(model, runtime):

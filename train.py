@@ -103,10 +103,11 @@ for name in ('batch_size', 'block_size', 'gradient_accumulation_steps', 'eval_in
         errors.fail(f"--{name} must be at least 1, not {config[name]}")
 if max_iters < 0 or learning_rate < 0 or min_lr < 0 or warmup_iters < 0 or hellaswag_interval < 0:
     errors.fail("max_iters, learning_rate, min_lr, warmup_iters and hellaswag_interval cannot be negative")
-sharding.check_fsdp_setting(fsdp, device, optimizer)
+sharding.check_fsdp_setting(fsdp, device, optimizer, onednn)
 if fsdp and hellaswag_interval:  # each rank scores its own share, but FSDP's forward needs every rank at once
     errors.fail("hellaswag_interval does not run under --fsdp=True yet; score the checkpoints with eval.py instead")
-rt = runtime.setup_runtime(device, dtype, compile, backend, seed, onednn)
+# oneDNN's linear op is not tried on FSDP's sharded weights
+rt = runtime.setup_runtime(device, dtype, compile, backend, seed, False if fsdp else onednn)
 if gradient_accumulation_steps % rt.world_size:
     errors.fail(f"gradient_accumulation_steps ({gradient_accumulation_steps}) must be divisible by the "
                 f"number of {'FSDP' if fsdp else 'DDP'} processes ({rt.world_size}); change one of them")
@@ -133,12 +134,11 @@ elif init_from == 'resume':
     resume_path = checkpoints.latest_checkpoint(out_dir)  # last.pt if a stopped run got further than ckpt.pt
     # under FSDP every rank reads the whole checkpoint: memory-mapped on the CPU, shared by the ranks
     checkpoint = checkpoints.load_checkpoint(resume_path, 'cpu' if fsdp else rt.device, mmap=fsdp)
-    for k in checkpoints.MODEL_SHAPE_KEYS:
-        saved = {**MODERN_DEFAULTS, **checkpoint['model_args']}[k]
-        if k in explicit and config[k] != saved:
-            errors.fail(f"cannot resume with {k}={config[k]}: the checkpoint in {out_dir} has {k}={saved}; "
-                        f"drop --{k} or start a new run in another out_dir")
     model = checkpoints.model_from_checkpoint(checkpoint, resume_path, dropout=dropout)
+    for k in checkpoints.MODEL_SHAPE_KEYS:
+        if k in explicit and config[k] != getattr(model.config, k):
+            errors.fail(f"cannot resume with {k}={config[k]}: the checkpoint in {out_dir} has "
+                        f"{k}={getattr(model.config, k)}; drop --{k} or start a new run in another out_dir")
     iter_num, best_val_loss = checkpoint['iter_num'], float(checkpoint['best_val_loss'])
     changed = [f"{k} {v!r} -> {config[k]!r}" for k, v in checkpoint.get('config', {}).items()
                if k in config and k != 'init_from' and v != config[k]]
@@ -168,9 +168,8 @@ hellaswag = evals.load_hellaswag(hellaswag_file, rt, meta, vocab_size) if hellas
 tokens_per_iter = gradient_accumulation_steps * rt.world_size * batch_size * block_size
 if fsdp:  # block by block onto the device, sharded: no rank ever holds the whole model there
     sharding.shard(model, rt)
-# 'auto' keeps a resumed run's choice (an exact resume); oneDNN's op is not tried on FSDP's sharded weights
-runtime.place_model(model, rt, rows=batch_size * block_size,
-                    onednn_choice=False if fsdp else checkpoint and checkpoint.get('onednn'))
+# 'auto' keeps a resumed run's choice (an exact resume)
+runtime.place_model(model, rt, rows=batch_size * block_size, onednn_choice=checkpoint and checkpoint.get('onednn'))
 
 scaler = torch.amp.GradScaler(rt.device_type, enabled=rt.dtype == 'float16')  # no-op unless float16
 optimizer = optimizers.configure(model, optimizer, weight_decay, learning_rate, (beta1, beta2), rt.device_type,
@@ -234,6 +233,11 @@ def due(interval):
     """Whether an evaluation every interval iterations runs now: also at iteration 0 of a new run, at
     the end and with eval_only, but not again right after a resume."""
     return eval_only or iter_num == max_iters or (iter_num % interval == 0 and (iter_num != start_iter or iter_num == 0))
+
+
+def runs_left(interval):
+    """How many more evaluations every interval iterations this run will make, for the ETA."""
+    return (max_iters - 1) // interval - iter_num // interval + 1
 
 
 def get_lr(it):
@@ -405,10 +409,9 @@ while True:
             step_mfu = raw_model.estimate_mfu(batch_size * gradient_accumulation_steps, dt, peak_flops) \
                 if peak_flops else None
             mfu = step_mfu if mfu is None or step_mfu is None else 0.9 * mfu + 0.1 * step_mfu
-        evals_left = (max_iters - 1) // eval_interval - iter_num // eval_interval + 1
-        eta = (max_iters - iter_num) * (ms_per_iter or dt * 1000) / 1000 + evals_left * eval_seconds
+        eta = (max_iters - iter_num) * (ms_per_iter or dt * 1000) / 1000 + runs_left(eval_interval) * eval_seconds
         if hellaswag:
-            eta += ((max_iters - 1) // hellaswag_interval - iter_num // hellaswag_interval + 1) * hellaswag_seconds
+            eta += runs_left(hellaswag_interval) * hellaswag_seconds
         print(f"iter {iter_num}/{max_iters}: loss {lossf:.4f}, lr {lr:.3e}, {dt * 1000:.1f} ms/iter, "
               f"{tokens_per_iter / dt:,.0f} tok/s" + (f", mfu {mfu * 100:.1f}%" if mfu else '')
               + f", eta {report.format_duration(eta)}")

@@ -90,14 +90,15 @@ def test_fsdp_without_torchrun_is_a_one_line_error(run, char_data):
                           'torchrun --standalone --nproc_per_node=N')
 
 
-@pytest.mark.parametrize('device, optimizer, message', [
-    ('mps', 'adamw', '--fsdp=True does not run on MPS'),
-    ('cuda', 'muon', "--fsdp=True works with optimizer='adamw' only: muon needs whole weight matrices"),
+@pytest.mark.parametrize('device, optimizer, onednn, message', [
+    ('mps', 'adamw', 'auto', '--fsdp=True does not run on MPS'),
+    ('cuda', 'muon', 'auto', "--fsdp=True works with optimizer='adamw' only: muon needs whole weight matrices"),
+    ('cpu', 'adamw', True, "--fsdp=True runs PyTorch's own linear layers, not oneDNN's"),
 ])
-def test_fsdp_refuses_what_it_cannot_do(monkeypatch, capsys, device, optimizer, message):
+def test_fsdp_refuses_what_it_cannot_do(monkeypatch, capsys, device, optimizer, onednn, message):
     monkeypatch.setenv('RANK', '0')  # as under torchrun
     with pytest.raises(SystemExit) as exit_:
-        sharding.check_fsdp_setting(True, device, optimizer)
+        sharding.check_fsdp_setting(True, device, optimizer, onednn)
     assert exit_.value.code == 2
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and message in error

@@ -196,7 +196,7 @@ elif mode == 'generate':
         # kernels may round a cached step differently, so compare the logits as well: every position
         # of a generated sequence at once, against one token at a time through the cache.
         sequence = outputs[True][:, :block_size]
-        whole = model(sequence, sequence)[0]
+        whole = model.logits(model.hidden_states(sequence))
         caches = [KVCache() for _ in model.transformer.h]
         stepwise = torch.cat([model(sequence[:, [i]], kv_caches=caches)[0] for i in range(sequence.size(1))], dim=1)
         logit_gap = (whole.float() - stepwise.float()).abs().max().item()

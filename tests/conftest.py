@@ -1,5 +1,6 @@
 """Shared fixtures: run the repo's scripts as a user would, on tiny data in tmp_path."""
 import importlib.util
+import json
 import os
 import shutil
 import subprocess
@@ -13,7 +14,7 @@ SHARED_DATA = REPO.parent / 'shared' / 'data'
 SHAKESPEARE = SHARED_DATA / 'tinyshakespeare' / 'input.txt'
 TIKTOKEN_CACHE = SHARED_DATA / 'tiktoken_cache'
 
-if os.environ.get('PYTEST_XDIST_WORKER'):  # a test per core (pytest.ini): one thread each, or their OpenMP threads fight
+if os.environ.get('PYTEST_XDIST_WORKER'):  # a test per core (pytest.ini): one thread each, or OpenMP threads fight
     os.environ.setdefault('OMP_NUM_THREADS', '1')
 
 if TIKTOKEN_CACHE.exists():  # GPT-2 BPE offline, here and in the scripts the tests run
@@ -65,6 +66,39 @@ def _run_script(script, *args, cwd, expect=0, env=None, timeout=240):
     if expect is not None:
         assert result.returncode == expect, f"exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     return result
+
+
+def run_torchrun(*command, cwd, env=None, timeout=240):
+    """torchrun --standalone with 2 processes on command (a script and its arguments), in cwd."""
+    return subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
+                           *map(str, command)], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=_env(env))
+
+
+def read_metrics(out_dir):
+    """The events of out_dir/metrics.jsonl."""
+    return [json.loads(line) for line in (out_dir / 'metrics.jsonl').read_text().splitlines()]
+
+
+def train_losses(out_dir):
+    """{iteration: loss} of a run's log lines."""
+    return {e['iter']: e['loss'] for e in read_metrics(out_dir) if e['event'] == 'train'}
+
+
+def random_hf_gpt2(path, vocab_size=100, n_positions=64, activation='gelu_new', scale=8.0):
+    """A small random GPT2LMHeadModel saved to path; weights scaled up so that small numerical
+    differences (e.g. the wrong GELU, or which ending is likelier) show clearly."""
+    import torch
+    import transformers
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=vocab_size, n_positions=n_positions, n_embd=32, n_layer=2, n_head=4,
+                                     activation_function=activation, bos_token_id=None, eos_token_id=None)
+    hf_model = transformers.GPT2LMHeadModel(config).eval()
+    with torch.no_grad():
+        for name, p in hf_model.named_parameters():
+            if name.endswith('.weight') and p.dim() == 2:
+                p.mul_(scale)
+    hf_model.save_pretrained(path)
+    return hf_model
 
 
 @pytest.fixture

@@ -4,25 +4,21 @@ HellaSwag examples are written here in the dataset's own file format, the models
 import dataclasses
 import json
 import math
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, TINY_MODEL, _env, assert_one_line_error, needs_bpe, sample_text
+from conftest import (REPO, TINY_MODEL, assert_one_line_error, needs_bpe, random_hf_gpt2, read_metrics, run_torchrun,
+                      sample_text)
+from evals import GPT2_VOCAB
 from model import GPT
+from tokenizer import gpt2_encoding
 
 transformers = pytest.importorskip('transformers')
 pytestmark = needs_bpe  # GPT-2 BPE everywhere here
 
 N_POSITIONS = 64  # the random models' context
-
-
-def gpt2_bpe():
-    import tiktoken
-    return tiktoken.get_encoding('gpt2')
 
 
 def hellaswag_line(ind, ctx_a, ctx_b, endings, label):
@@ -54,21 +50,6 @@ def varied_examples(n, seed=0):
     return examples
 
 
-def random_gpt2(path, scale=4.0):
-    """A small random GPT2LMHeadModel with GPT-2's vocabulary, saved to path; weights scaled up so that
-    the endings' losses differ clearly."""
-    torch.manual_seed(0)
-    config = transformers.GPT2Config(vocab_size=50257, n_positions=N_POSITIONS, n_embd=32, n_layer=2, n_head=4,
-                                     activation_function='gelu_new')
-    hf_model = transformers.GPT2LMHeadModel(config).eval()
-    with torch.no_grad():
-        for name, p in hf_model.named_parameters():
-            if p.dim() == 2:
-                p.mul_(scale)
-    hf_model.save_pretrained(path)
-    return hf_model
-
-
 def as_checkpoint(hf_folder, out_dir):
     """The same model as a checkpoint of ours in out_dir, which eval.py loads without transformers
     (seconds faster per run; one test keeps --init_from=<folder>)."""
@@ -79,8 +60,8 @@ def as_checkpoint(hf_folder, out_dir):
 
 
 def random_model(tmp_path):
-    """random_gpt2 in tmp_path/hf, and as our checkpoint in tmp_path/ckpt (eval.py --out_dir=ckpt)."""
-    hf_model = random_gpt2(tmp_path / 'hf')
+    """A random GPT-2 in tmp_path/hf, and as our checkpoint in tmp_path/ckpt (eval.py --out_dir=ckpt)."""
+    hf_model = random_hf_gpt2(tmp_path / 'hf', GPT2_VOCAB, N_POSITIONS, scale=4.0)
     as_checkpoint(tmp_path / 'hf', tmp_path / 'ckpt')
     return hf_model
 
@@ -95,7 +76,7 @@ def hf_target_losses(hf_model, row):
 def hf_ending_losses(hf_model, ctx, ending):
     """(summed, mean) loss of an ending after its context, computed directly: the tokens of ctx and
     of ' ' + ending, the row cropped on the left to what the model can take."""
-    enc = gpt2_bpe()
+    enc = gpt2_encoding()
     ctx_ids, end_ids = enc.encode(ctx), enc.encode(' ' + ending)
     row = (ctx_ids + end_ids)[-(N_POSITIONS + 1):]
     losses = hf_target_losses(hf_model, row)[-len(end_ids):]
@@ -111,7 +92,7 @@ def details(path):
 
 
 def test_per_ending_losses_match_transformers(run, tmp_path):
-    hf_model = random_gpt2(tmp_path / 'hf')
+    hf_model = random_hf_gpt2(tmp_path / 'hf', GPT2_VOCAB, N_POSITIONS, scale=4.0)
     examples = varied_examples(7)
     write_hellaswag(tmp_path / 'hs.jsonl', examples)
     out = run('eval.py', '--init_from=hf', '--hellaswag_file=hs.jsonl', '--details_file=details.jsonl',
@@ -138,9 +119,9 @@ def test_known_answers_sum_against_mean(run, tmp_path):
     # A model that predicts " the" with near certainty whatever the context: each " the" in an
     # ending costs ~0, any other token ~30 nats. So the shortest non-" the" ending wins on the sum
     # (acc) and the one diluted with " the"s on the mean (acc_norm).
-    enc = gpt2_bpe()
+    enc = gpt2_encoding()
     the = enc.encode(' the')[0]
-    hf_model = random_gpt2(tmp_path / 'hf', scale=1.0)
+    hf_model = random_hf_gpt2(tmp_path / 'hf', GPT2_VOCAB, N_POSITIONS, scale=1.0)
     with torch.no_grad():
         direction = torch.ones(32) / math.sqrt(32)
         hf_model.transformer.ln_f.weight.zero_()  # every position's output is ln_f's bias, whatever came before
@@ -165,11 +146,6 @@ def test_known_answers_sum_against_mean(run, tmp_path):
     assert results['hellaswag', 'acc']['value'] == 3 / 5 and results['hellaswag', 'acc_norm']['value'] == 3 / 5
 
 
-def torchrun(*args, cwd, script='eval.py'):
-    return subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
-                           str(REPO / script), *args], cwd=cwd, capture_output=True, text=True, timeout=240, env=_env())
-
-
 @pytest.mark.slow
 def test_ddp_gives_the_same_counts_as_one_process(run, tmp_path):
     random_model(tmp_path)
@@ -177,7 +153,8 @@ def test_ddp_gives_the_same_counts_as_one_process(run, tmp_path):
     (tmp_path / 'text.txt').write_text(sample_text(3000), encoding='utf-8')
     args = ['--out_dir=ckpt', '--hellaswag_file=hs.jsonl', '--batch_size=2', '--device=cpu', '--text_file=text.txt']
     run('eval.py', *args, '--results_file=one.jsonl', '--details_file=one_details.jsonl')
-    result = torchrun(*args, '--results_file=two.jsonl', '--details_file=two_details.jsonl', cwd=tmp_path)
+    result = run_torchrun(REPO / 'eval.py', *args, '--results_file=two.jsonl', '--details_file=two_details.jsonl',
+                          cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert '2 processes (DDP, gloo)' in result.stdout
     one, two = read_results(tmp_path / 'one.jsonl'), read_results(tmp_path / 'two.jsonl')
@@ -199,7 +176,7 @@ def direct_bits_per_byte(hf_model, text, stride=None):
     """Bits per byte computed directly: each token of <|endoftext|> + text predicted by transformers'
     model from the tokens before it (with stride: from the window that first reads it, begun at a
     multiple of stride and at most N_POSITIONS long), over the text's UTF-8 bytes and ln 2."""
-    enc = gpt2_bpe()
+    enc = gpt2_encoding()
     ids = [enc.eot_token] + enc.encode_ordinary(text)
     if stride is None:
         assert len(ids) <= N_POSITIONS + 1
@@ -221,7 +198,7 @@ def test_bits_per_byte_equals_the_direct_computation(run, tmp_path):
     short = 'Ünïcode café — naïve “quotes”, 3.14 and a few words.'  # multi-byte characters: bytes != characters
     (tmp_path / 'short.txt').write_text(short, encoding='utf-8')
     loss, bpb = direct_bits_per_byte(hf_model, short)
-    n_tokens = len(gpt2_bpe().encode_ordinary(short))
+    n_tokens = len(gpt2_encoding().encode_ordinary(short))
     assert n_tokens <= N_POSITIONS and len(short.encode('utf-8')) > len(short)  # one window; bytes != characters
     for stride in (0, 1):  # the text fits in one window: any stride gives the whole-sequence value
         run('eval.py', '--out_dir=ckpt', '--text_file=short.txt', f'--stride={stride}', '--hellaswag=False',
@@ -237,7 +214,7 @@ def test_sliding_window_over_a_long_text(run, tmp_path):
     hf_model = random_model(tmp_path)
     text = sample_text(500)
     (tmp_path / 'long.txt').write_text(text, encoding='utf-8')
-    assert len(gpt2_bpe().encode_ordinary(text)) > N_POSITIONS + 24
+    assert len(gpt2_encoding().encode_ordinary(text)) > N_POSITIONS + 24
     for stride in (1, 24):
         loss, bpb = direct_bits_per_byte(hf_model, text, stride)
         run('eval.py', '--out_dir=ckpt', '--text_file=long.txt', f'--stride={stride}', '--batch_size=5',
@@ -253,7 +230,7 @@ def test_val_bin_reads_like_the_same_text(run, tmp_path):
     text = sample_text(900)
     (tmp_path / 'text.txt').write_text(text, encoding='utf-8')
     (tmp_path / 'data' / 'bpe').mkdir(parents=True)
-    np.array(gpt2_bpe().encode_ordinary(text), dtype=np.uint16).tofile(tmp_path / 'data' / 'bpe' / 'val.bin')
+    np.array(gpt2_encoding().encode_ordinary(text), dtype=np.uint16).tofile(tmp_path / 'data' / 'bpe' / 'val.bin')
     run('eval.py', '--out_dir=ckpt', '--text_file=text.txt', '--dataset=bpe', '--hellaswag=False', '--device=cpu')
     results = read_results(tmp_path / 'eval_results.jsonl')
     for metric in ('loss', 'bpb'):
@@ -324,7 +301,7 @@ def test_download_writes_the_file_once(tmp_path, monkeypatch):
 
 def bpe_data(folder, n_tokens=20_000):
     """A GPT-2 BPE dataset (train.bin, val.bin) from sample text."""
-    ids = np.array(gpt2_bpe().encode_ordinary(sample_text()), dtype=np.uint16)
+    ids = np.array(gpt2_encoding().encode_ordinary(sample_text()), dtype=np.uint16)
     ids = np.resize(ids, n_tokens)
     folder.mkdir(parents=True)
     ids[:18_000].tofile(folder / 'train.bin')
@@ -340,7 +317,7 @@ def test_hellaswag_during_training(run, tmp_path):
     lines = [l for l in out.splitlines() if 'hellaswag acc_norm' in l]
     assert [l.split(':')[0] for l in lines] == ['step 0', 'step 4', 'step 8', 'step 10']
     assert '(9 examples' in lines[0]
-    events = [json.loads(l) for l in (tmp_path / 'out' / 'metrics.jsonl').read_text().splitlines()]
+    events = read_metrics(tmp_path / 'out')
     hellaswag = [e for e in events if e['event'] == 'hellaswag']
     assert [e['iter'] for e in hellaswag] == [0, 4, 8, 10]
     assert all(0 <= e['acc'] <= 1 and 0 <= e['acc_norm'] <= 1 and e['examples'] == 9 for e in hellaswag)
@@ -363,9 +340,9 @@ def test_hellaswag_during_training(run, tmp_path):
 def test_hellaswag_during_training_under_ddp(tmp_path):
     bpe_data(tmp_path / 'data' / 'bpe')
     write_hellaswag(tmp_path / 'hs.jsonl', varied_examples(9))
-    result = torchrun('--dataset=bpe', *TINY_MODEL, '--gradient_accumulation_steps=2', '--max_iters=4',
-                      '--eval_interval=4', '--log_interval=2', '--hellaswag_interval=2', '--hellaswag_file=hs.jsonl',
-                      cwd=tmp_path, script='train.py')
+    result = run_torchrun(REPO / 'train.py', '--dataset=bpe', *TINY_MODEL, '--gradient_accumulation_steps=2',
+                          '--max_iters=4', '--eval_interval=4', '--log_interval=2', '--hellaswag_interval=2',
+                          '--hellaswag_file=hs.jsonl', cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     lines = [l for l in result.stdout.splitlines() if 'hellaswag acc_norm' in l]
     assert len(lines) == 3 and all('(9 examples' in l for l in lines)  # steps 0, 2, 4; counts summed over ranks

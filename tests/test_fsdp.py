@@ -1,16 +1,13 @@
 """FSDP with torchrun on the CPU (gloo): DDP's losses, exact resumes, and checkpoints in the
 one-process format that DDP, FSDP and one process all resume from."""
-import json
 import shutil
-import subprocess
-import sys
 from types import SimpleNamespace
 
 import pytest
 import torch
 
 import sharding
-from conftest import REPO, TINY_MODEL, _env, assert_one_line_error
+from conftest import REPO, TINY_MODEL, assert_one_line_error, run_torchrun, train_losses
 
 # 2 micro-steps per rank (gradients accumulate unreduced between them), and a clip low enough to
 # act on every step, so that the norm over all shards is what decides each update
@@ -19,16 +16,9 @@ RUN = ['--dataset=tiny', *TINY_MODEL, '--gradient_accumulation_steps=4', '--grad
 
 
 def torchrun(tmp_path, *args, script=()):
-    result = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
-                             *script, str(REPO / 'train.py'), *RUN, *args],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=240, env=_env())
+    result = run_torchrun(*script, REPO / 'train.py', *RUN, *args, cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     return result
-
-
-def train_losses(out_dir):
-    events = [json.loads(line) for line in (out_dir / 'metrics.jsonl').read_text().splitlines()]
-    return {e['iter']: e['loss'] for e in events if e['event'] == 'train'}
 
 
 def load(path):

@@ -6,25 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import SHAKESPEARE, needs_bpe, sample_text
+from conftest import SHAKESPEARE, needs_bpe, random_hf_gpt2, sample_text
 from model import GPT
 
 transformers = pytest.importorskip('transformers')
-
-
-def random_hf_gpt2(path, vocab_size=100, n_positions=64, activation='gelu_new', scale=8.0):
-    """A small random GPT2LMHeadModel saved to path; weights scaled up so that small numerical
-    differences (e.g. the wrong GELU) show in the logits."""
-    torch.manual_seed(0)
-    config = transformers.GPT2Config(vocab_size=vocab_size, n_positions=n_positions, n_embd=32, n_layer=2, n_head=4,
-                                     activation_function=activation, bos_token_id=None, eos_token_id=None)
-    hf_model = transformers.GPT2LMHeadModel(config).eval()
-    with torch.no_grad():
-        for name, p in hf_model.named_parameters():
-            if name.endswith('.weight') and p.dim() == 2:
-                p.mul_(scale)
-    hf_model.save_pretrained(path)
-    return hf_model
 
 
 def our_logits(model, idx):

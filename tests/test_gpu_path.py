@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import runtime
-from conftest import REPO, TINY_MODEL, _env
+from conftest import REPO, TINY_MODEL, _env, run_torchrun
 
 COUNT_SYNCS = str(REPO / 'benchmarks' / 'count_syncs.py')
 
@@ -58,12 +58,9 @@ runpy.run_path({train!r}, run_name='__main__')
 
 def test_a_nan_on_one_rank_stops_every_rank(tmp_path, char_data):
     (tmp_path / 'nan_on_rank_1.py').write_text(NAN_ON_RANK_1.format(train=str(REPO / 'train.py')))
-    result = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
-                             str(tmp_path / 'nan_on_rank_1.py'), '--dataset=tiny', '--out_dir=out', *TINY_MODEL,
-                             '--max_iters=40', '--eval_interval=10', '--log_interval=5',
-                             '--gradient_accumulation_steps=2', '--always_save_checkpoint=True'],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=120,
-                            env=_env({'PYTHONPATH': str(REPO)}))
+    result = run_torchrun(tmp_path / 'nan_on_rank_1.py', '--dataset=tiny', '--out_dir=out', *TINY_MODEL,
+                          '--max_iters=40', '--eval_interval=10', '--log_interval=5', '--gradient_accumulation_steps=2',
+                          '--always_save_checkpoint=True', cwd=tmp_path, env={'PYTHONPATH': str(REPO)})
     assert result.returncode != 0
     assert result.stderr.count('the loss became non-finite between iterations 11 and 15') == 1  # said by rank 0
     assert 'Last good checkpoint: out/ckpt.pt (iteration 10)' in result.stderr
@@ -102,7 +99,8 @@ def test_gpu_check_runs_its_steps_on_a_cpu(tmp_path, char_data):
     # the GPU check, tiny: every step and the table, so the script cannot rot between GPU sessions
     (tmp_path / 'data' / 'shakespeare_char').symlink_to(tmp_path / 'data' / 'tiny')
     result = subprocess.run(['bash', str(REPO / 'benchmarks' / 'gpu_check.sh'), '--device=cpu', '--tiny=True',
-                             '--iters=10', '--full=True', f'--out_root={tmp_path / "out"}', f'--results_file={tmp_path / "check.jsonl"}'],
+                             '--iters=10', '--full=True', f'--out_root={tmp_path / "out"}',
+                             f'--results_file={tmp_path / "check.jsonl"}'],
                             cwd=tmp_path, capture_output=True, text=True, timeout=240, env=_env())
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert 'all checks passed' in result.stdout

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import optimizers
-from conftest import REPO, TINY_MODEL, _env, assert_one_line_error
+from conftest import REPO, TINY_MODEL, _env, assert_one_line_error, run_torchrun
 from model import GPT, MODERN_DEFAULTS, GPTConfig, KVCache
 
 BEFORE_THE_MODERN_RECIPE = '4ae0f4d'  # the last commit without it
@@ -64,10 +64,8 @@ def test_a_modern_model_trains_resumes_exactly_samples_and_benches(run, tmp_path
 
 
 def test_muon_under_ddp_keeps_every_rank_identical(tmp_path, char_data):
-    result = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
-                             str(REPO / 'train.py'), '--dataset=tiny', '--out_dir=out', *TINY_MODEL, '--max_iters=10',
-                             '--eval_interval=10', '--optimizer=muon', '--gradient_accumulation_steps=2'],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=120, env=_env())
+    result = run_torchrun(REPO / 'train.py', '--dataset=tiny', '--out_dir=out', *TINY_MODEL, '--max_iters=10',
+                          '--eval_interval=10', '--optimizer=muon', '--gradient_accumulation_steps=2', cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert 'weights identical on all 2 ranks' in result.stdout
 

@@ -1,19 +1,13 @@
 """Never lose a run: exact resume, atomic checkpoints, clean stops on signals, non-finite loss."""
-import json
 import signal
 import subprocess
 import sys
 
 import torch
 
-from conftest import REPO, TINY_MODEL, _env
+from conftest import REPO, TINY_MODEL, _env, train_losses
 
 RUN = ['--dataset=tiny', *TINY_MODEL, '--dropout=0.1', '--eval_interval=10', '--log_interval=1']
-
-
-def train_losses(out_dir):
-    events = [json.loads(line) for line in (out_dir / 'metrics.jsonl').read_text().splitlines()]
-    return {e['iter']: e['loss'] for e in events if e['event'] == 'train'}
 
 
 def test_resume_is_exact(run, tmp_path, char_data):

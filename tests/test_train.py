@@ -1,14 +1,9 @@
 """train.py run as a user would: tiny data, a tiny model, a few dozen iterations on the CPU."""
-import json
 import math
 
 import torch
 
-from conftest import TINY_MODEL, assert_one_line_error
-
-
-def read_metrics(out_dir):
-    return [json.loads(line) for line in (out_dir / 'metrics.jsonl').read_text().splitlines()]
+from conftest import TINY_MODEL, assert_one_line_error, read_metrics
 
 
 def test_train_learns_and_writes_an_original_style_checkpoint(trained):

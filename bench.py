@@ -109,9 +109,7 @@ def timed(fn):
 if rt.device_type == 'cuda':
     device_name = torch.cuda.get_device_name(rt.device)
 else:
-    with open('/proc/cpuinfo') if os.path.exists('/proc/cpuinfo') else open(os.devnull) as f:
-        names = [line.split(':', 1)[1].strip() for line in f if line.startswith('model name')]
-    device_name = f"{names[0] if names else rt.device_type}, {torch.get_num_threads()} threads"
+    device_name = f"{runtime.cpu_name(rt.device_type)}, {torch.get_num_threads()} threads"
 record = {'bench': mode, 'time': time.strftime('%Y-%m-%d %H:%M:%S'), 'device': rt.device, 'device_name': device_name,
           'dtype': rt.dtype, 'compile': rt.compile, 'onednn': rt.onednn, 'torch': torch.__version__,
           'model': checkpoints.model_args_of(model.config), 'optimizer': config['optimizer'],

@@ -173,6 +173,14 @@ GPU_PEAK_TFLOPS = {
 }
 
 
+def cpu_name(default='unknown CPU'):
+    """The CPU's model name as Linux reports it (e.g. 'AMD EPYC'), for the figures' records."""
+    if not os.path.exists('/proc/cpuinfo'):
+        return default
+    with open('/proc/cpuinfo') as f:
+        return next((line.split(':', 1)[1].strip() for line in f if line.startswith('model name')), default)
+
+
 def gpu_peak_tflops(name):
     """The (bfloat16, TF32) peak of a GPU from its device name, or None for an unknown one."""
     words = re.split(r'[\s\-_]+', name.upper())

@@ -68,8 +68,7 @@ if mode:  # a torchrun worker
     torch.distributed.destroy_process_group()
     sys.exit(0)
 
-cpu = next((line.split(':', 1)[1].strip() for line in open('/proc/cpuinfo') if line.startswith('model name')),
-           'unknown CPU') if os.path.exists('/proc/cpuinfo') else 'unknown CPU'
+cpu = runtime.cpu_name()
 print(f"GPT-2 shape: {n_layer} layers, {n_embd} wide, vocabulary {vocab_size}; {device}: {cpu}")
 print("| processes | mode | parameters MiB | gradients MiB | AdamW state MiB | total MiB per rank | vs the first |")
 print("| --- | --- | --- | --- | --- | --- | --- |")

@@ -92,10 +92,31 @@ def rotary_tables(head_size, positions, base):
     return angles.cos(), angles.sin()
 
 
-def apply_rotary(x, cos, sin):
-    """Rotate each pair (first half, second half) of x's head dimensions by its position's angle."""
-    x1, x2 = x.float().chunk(2, dim=-1)
+def rotate_pairs(x, cos, sin):
+    """Turn each pair (first half, second half) of x's head dimensions by its position's angle, in
+    float32 at least (bfloat16 angles would be too coarse)."""
+    x1, x2 = x.to(torch.promote_types(x.dtype, torch.float32)).chunk(2, dim=-1)
     return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).type_as(x)
+
+
+class Rotary(torch.autograd.Function):
+    """Rotary embedding with its own backward: a rotation's gradient is the gradient turned back
+    by the same angle, the forward's seven small kernels again, where autograd's chain through the
+    halves, products and concatenation takes about twice as many (a small model's CPU step waits
+    on such kernels; BENCHMARKS.md)."""
+
+    @staticmethod
+    def forward(ctx, x, cos, sin):
+        ctx.save_for_backward(cos, sin)
+        return rotate_pairs(x, cos, sin)
+
+    @staticmethod
+    def backward(ctx, grad):
+        cos, sin = ctx.saved_tensors
+        return rotate_pairs(grad, cos, -sin), None, None
+
+
+apply_rotary = Rotary.apply
 
 
 class KVCache:
@@ -162,9 +183,25 @@ class CausalSelfAttention(nn.Module):
         return self.resid_dropout(self.c_proj(y))
 
 
+class ReLUSquaredFunction(torch.autograd.Function):
+    """relu(x)^2 with its own backward, 2 * relu(x) * grad: two kernels where autograd's chain
+    through the square and the ReLU takes four."""
+
+    @staticmethod
+    def forward(ctx, x):
+        positive = F.relu(x)
+        ctx.save_for_backward(positive)
+        return positive * positive
+
+    @staticmethod
+    def backward(ctx, grad):
+        positive, = ctx.saved_tensors
+        return torch.mul(grad, positive).mul_(2)
+
+
 class ReLUSquared(nn.Module):
     def forward(self, x):
-        return F.relu(x).square()
+        return ReLUSquaredFunction.apply(x)
 
 
 class MLP(nn.Module):

@@ -13,6 +13,7 @@ import json
 import os
 
 import errors
+import report
 from configurator import configure
 
 out_dir = 'out'  # the run to plot; several, comma-separated, share one plot
@@ -32,8 +33,7 @@ run_events = []
 for run in runs:
     path = os.path.join(run, 'metrics.jsonl')
     try:
-        with open(path) as f:
-            run_events.append([json.loads(line) for line in f if line.strip()])
+        run_events.append(report.read_metrics(run))
     except (OSError, json.JSONDecodeError) as e:
         errors.fail(f"cannot read {path} ({type(e).__name__}): train.py writes it, so train first or fix --out_dir")
     if not run_events[-1]:

@@ -33,6 +33,17 @@ class MetricsLog:
         self.file.close()
 
 
+def read_metrics(out_dir):
+    """The events MetricsLog wrote to out_dir/metrics.jsonl, oldest first."""
+    with open(os.path.join(out_dir, 'metrics.jsonl')) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def steady_steps(events, after_iter=20):
+    """The training log events past after_iter: the first iterations pay for warm-up and compiling."""
+    return [e for e in events if e['event'] == 'train' and e['iter'] > after_iter]
+
+
 def estimate_seconds(model, tokens_per_iter, iters, eval_tokens, peak):
     """A rough time for a run: forward+backward FLOPs for the training tokens, forward only (a third)
     for the evaluation tokens, at 60% of the peak (what the laptop recipe reaches on a CPU)."""

@@ -154,17 +154,9 @@ def setup_runtime(device, dtype, compile, backend='auto', seed=1337, onednn='aut
 
 
 # dense (no sparsity) peak TFLOPS of common GPUs: (bfloat16/float16 tensor cores, TF32 tensor cores).
-
-
 # float32 training uses the TF32 figure, since matmuls run in TF32 here. A key matches whole words of
-
-
 # the device's name ("L4" is not "L40"), and the longest match wins ("H100 NVL" over "H100"); None
-
-
 # is a GPU whose figure is not known here (no MFU rather than a wrong one).
-
-
 GPU_PEAK_TFLOPS = {
     'H100 PCIe': (756, 378), 'H100 NVL': (835, 418), 'H100': (989, 495), 'H200 NVL': (835, 418), 'H200': (989, 495),
     'GH200': (989, 495), 'B200': (2250, 1100), 'A100': (312, 156), 'A10G': None, 'A10': (125, 62.5),

@@ -18,7 +18,6 @@ import torch
 from errors import fail
 
 
-
 def check_fsdp_setting(fsdp, device, optimizer='adamw', onednn='auto'):
     """Before torchrun's group is set up: FSDP needs torchrun, a CUDA GPU or the CPU, an optimizer
     whose update of a parameter can be computed from that parameter's rows alone, and PyTorch's own

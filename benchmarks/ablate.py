@@ -16,6 +16,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import errors  # noqa: E402
+import report  # noqa: E402
 from configurator import configure  # noqa: E402
 from whole_val import whole_val_loss  # noqa: E402  (beside this script)
 
@@ -61,9 +62,8 @@ for name in names:
     result = subprocess.run(cmd, cwd=repo, capture_output=True, text=True)
     if result.returncode:
         errors.fail(f"{name} failed: {result.stderr.strip().splitlines()[-1]}")
-    with open(os.path.join(out_dir, 'metrics.jsonl')) as f:
-        events = [json.loads(line) for line in f]
-    ms = statistics.median(e['ms_per_iter'] for e in events if e['event'] == 'train' and e['iter'] > 20)
+    events = report.read_metrics(out_dir)
+    ms = statistics.median(e['ms_per_iter'] for e in report.steady_steps(events))
     row = {'bench': 'ablate', 'variant': name, 'settings': ' '.join(VARIANTS[name]), 'iters': events[-1]['iter'],
            'whole_val_loss': whole_val_loss(out_dir, data), 'ms_per_iter': round(ms, 2),
            'best_val_loss_estimate': min(e['val_loss'] for e in events if e['event'] == 'eval')}

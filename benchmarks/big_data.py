@@ -23,6 +23,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import report  # noqa: E402
 from configurator import configure  # noqa: E402
 
 sizes_gb = '0.01,1,8'  # train.bin sizes to compare, in GB
@@ -62,8 +63,7 @@ try:
             log = subprocess.run([sys.executable, os.path.join(repo, 'train.py'), f'--dataset=size{size}',
                                   f'--out_dir={out_dir}', *tiny],
                                  cwd=work, capture_output=True, text=True, check=True).stdout
-            with open(os.path.join(out_dir, 'metrics.jsonl')) as f:
-                times = [e['ms_per_iter'] for e in map(json.loads, f) if e['event'] == 'train' and e['iter'] > 20]
+            times = [e['ms_per_iter'] for e in report.steady_steps(report.read_metrics(out_dir))]
             record({'bench': 'big_data_train', 'train_bin_gb': float(size), 'round': round_index,
                     'median_ms_per_iter': round(statistics.median(times), 3),
                     'peak_rss_gb': float(re.search(r'peak memory ([\d.]+) GB', log).group(1))})

@@ -24,6 +24,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import errors  # noqa: E402
+import report  # noqa: E402
 from configurator import configure  # noqa: E402
 from whole_val import whole_val_loss  # noqa: E402  (beside this script)
 
@@ -65,12 +66,9 @@ def run_ours():
     cmd = [sys.executable, 'train.py', 'config/train_shakespeare_char_cpu.py', f'--out_dir={out_dir}',
            f'--compile={ours_compile}'] + recipe
     subprocess.run(cmd, cwd=repo, capture_output=True, text=True, check=True)
-    with open(os.path.join(out_dir, 'metrics.jsonl')) as f:
-        events = [json.loads(line) for line in f]
-    # our per-iteration time already leaves evaluation out
-    times = [e['ms_per_iter'] for e in events if e['event'] == 'train' and e['iter'] > 20]
+    events = report.read_metrics(out_dir)
+    times = [e['ms_per_iter'] for e in report.steady_steps(events)]  # ours already leaves evaluation out
     return times, min(e['val_loss'] for e in events if e['event'] == 'eval')
-
 
 
 ratios = []

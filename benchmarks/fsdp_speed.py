@@ -23,6 +23,7 @@ import tempfile
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import report  # noqa: E402
 from configurator import configure  # noqa: E402
 
 nproc = 1  # torchrun processes (GPUs)
@@ -59,10 +60,7 @@ def train(mode, shape_name, n_iters, batch):
                '--eval_iters=1', '--eval_interval=100000', '--log_interval=5', '--learning_rate=0', '--decay_lr=False',
                f'--device={device}', f'--dtype={dtype}', f'--compile={compile}', f'--fsdp={mode == "fsdp"}']
     result = subprocess.run(command, cwd=work, capture_output=True, text=True)
-    events = []
-    if os.path.exists(os.path.join(out_dir, 'metrics.jsonl')):
-        with open(os.path.join(out_dir, 'metrics.jsonl')) as f:
-            events = [json.loads(line) for line in f]
+    events = report.read_metrics(out_dir) if os.path.exists(os.path.join(out_dir, 'metrics.jsonl')) else []
     steps = [e['tokens_per_s'] for e in events if e['event'] == 'train'][1:]
     done = next((e for e in events if e['event'] == 'done'), {})
     row = dict(bench='fsdp_speed', mode=mode, shape=shape_name, nproc=nproc, batch_size=batch, device=device,

@@ -25,6 +25,7 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 import errors  # noqa: E402
+import report  # noqa: E402
 from configurator import configure  # noqa: E402
 
 device = 'cuda'
@@ -75,9 +76,8 @@ def train(name, *args, out_dir=None, wrapper=(), after_iter=0):
 
 def record_training(name, out_dir, seconds, after_iter=0):
     """A row of the table from a run's metrics.jsonl (a resumed run: its events after after_iter)."""
-    with open(os.path.join(out_dir, 'metrics.jsonl')) as f:
-        events = [e for e in map(json.loads, f) if e['iter'] > after_iter or e['event'] == 'done']
-    steps = [e for e in events if e['event'] == 'train'][1:]  # the first log line includes warm-up and compiling
+    events = [e for e in report.read_metrics(out_dir) if e['iter'] > after_iter or e['event'] == 'done']
+    steps = report.steady_steps(events, after_iter)[1:]  # the first log line includes warm-up and compiling
     done = next((e for e in events if e['event'] == 'done'), {})
     rows.append(dict(case=name, ms_per_iter=statistics.median(e['ms_per_iter'] for e in steps) if steps else None,
                      tokens_per_s=statistics.median(e['tokens_per_s'] for e in steps) if steps else None,

@@ -1,6 +1,5 @@
 """Shared fixtures: run the repo's scripts as a user would, on tiny data in tmp_path."""
 import importlib.util
-import json
 import os
 import shutil
 import subprocess
@@ -8,6 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from report import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / 'shared' / 'data'
@@ -72,11 +73,6 @@ def run_torchrun(*command, cwd, env=None, timeout=240):
     """torchrun --standalone with 2 processes on command (a script and its arguments), in cwd."""
     return subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
                            *map(str, command)], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=_env(env))
-
-
-def read_metrics(out_dir):
-    """The events of out_dir/metrics.jsonl."""
-    return [json.loads(line) for line in (out_dir / 'metrics.jsonl').read_text().splitlines()]
 
 
 def train_losses(out_dir):

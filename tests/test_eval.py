@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import (REPO, TINY_MODEL, assert_one_line_error, needs_bpe, random_hf_gpt2, read_metrics, run_torchrun,
+from conftest import (REPO, TINY_MODEL, assert_one_line_error, needs_bpe, random_hf_gpt2, run_torchrun,
                       sample_text)
 from evals import GPT2_VOCAB
 from model import GPT
+from report import read_metrics
 from tokenizer import gpt2_encoding
 
 transformers = pytest.importorskip('transformers')

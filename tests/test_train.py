@@ -3,7 +3,8 @@ import math
 
 import torch
 
-from conftest import TINY_MODEL, assert_one_line_error, read_metrics
+from conftest import TINY_MODEL, assert_one_line_error
+from report import read_metrics
 
 
 def test_train_learns_and_writes_an_original_style_checkpoint(trained):

@@ -20,6 +20,7 @@ import torch
 import checkpoints
 import errors
 import evals
+import parallel
 import runtime
 from configurator import configure
 
@@ -114,6 +115,4 @@ if rt.master:
             f.writelines(json.dumps({**r, 'time': now}) + '\n' for r in results)
         print(f"appended {len(results)} lines to {results_file}" +
               (f"; per-example losses in {details_file}" if details_file else ''))
-if rt.ddp:
-    torch.distributed.barrier()
-    torch.distributed.destroy_process_group()
+parallel.leave_group(rt)

@@ -445,9 +445,8 @@ if rt.master:
         wandb.finish()
 if rt.ddp:
     # free DDP (it sits in reference cycles, and the last loss's graph runs through its hooks) and
-    # tear the group down together while the interpreter is whole: left to the exit, it can abort
+    # tear the group down while the interpreter is whole: left to the exit, it can abort
     model = loss = None
     gc.collect()
-    torch.distributed.barrier()
-    torch.distributed.destroy_process_group()
+    parallel.leave_group(rt)
 sys.exit(1 if diverged else stop.exit_code() if stop.requested or stopped else 0)

@@ -65,7 +65,7 @@ if mode:  # a torchrun worker
     rows = parallel.gather_from_ranks(row, rt)  # rank 0 prints them all: lines from several processes would mix
     if rt.master:
         print('\n'.join(map(json.dumps, rows)), flush=True)
-    torch.distributed.destroy_process_group()
+    parallel.leave_group(rt)
     sys.exit(0)
 
 cpu = runtime.cpu_name()

@@ -48,6 +48,7 @@ zero_init = False
 logit_softcap = 0.0
 optimizer = 'adamw'
 muon_learning_rate = 0.02
+muon_ns_steps = 5
 vocab_size = 0  # 0: the dataset's meta.pkl with real_data, else GPT-2's 50304
 real_data = False  # random blocks of data/<dataset>/train.bin rather than fixed random tokens
 dataset = 'openwebtext'
@@ -118,7 +119,7 @@ print(f"{device_name}, {rt.dtype}, compile {rt.compile}{runtime.describe_linears
 
 if mode == 'train':
     optimizer = optimizers.configure(model, optimizer, weight_decay, learning_rate, (beta1, beta2), rt.device_type,
-                                     muon_learning_rate)
+                                     muon_learning_rate, muon_ns_steps=muon_ns_steps)
     scaler = torch.amp.GradScaler(rt.device_type, enabled=rt.dtype == 'float16')
     fixed = torch.randint(vocab_size, (batch_size, block_size + 1), device=rt.device)
 

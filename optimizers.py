@@ -22,18 +22,22 @@ def muon_params(model):
 
 
 def configure(model, name, weight_decay, learning_rate, betas, device_type, muon_learning_rate=0.02,
-              muon_momentum=0.95, muon_weight_decay=0.0):
+              muon_momentum=0.95, muon_weight_decay=0.0, muon_ns_steps=5):
     """AdamW for the whole model (model.configure_optimizers, the original's), or MuonAdamW; a
     one-line error for a name it does not know."""
     if name not in OPTIMIZERS or (name == 'muon' and learning_rate <= 0):
         fail(f"--optimizer takes {' or '.join(OPTIMIZERS)} (not {name!r}); muon needs a learning_rate above 0 "
              f"for AdamW's share")
+    if name == 'muon' and (not isinstance(muon_ns_steps, int) or muon_ns_steps < 1):
+        fail(f"--muon_ns_steps takes a whole number of Newton-Schulz iterations, 1 or more (Muon's is 5), "
+             f"not {muon_ns_steps!r}")
     if name == 'adamw':
         return model.configure_optimizers(weight_decay, learning_rate, betas, device_type)
     matrices = muon_params(model)
     taken = {id(p) for p in matrices}
     muon = BatchedMuon([{'params': matrices, 'lr_scale': muon_learning_rate / learning_rate}],
-                       lr=muon_learning_rate, momentum=muon_momentum, weight_decay=muon_weight_decay)
+                       lr=muon_learning_rate, momentum=muon_momentum, weight_decay=muon_weight_decay,
+                       ns_steps=muon_ns_steps)
     adamw = model.configure_optimizers(weight_decay, learning_rate, betas, device_type,
                                        params=[p for p in model.parameters() if id(p) not in taken])
     return MuonAdamW(muon, adamw)

@@ -74,6 +74,7 @@ optimizer = 'adamw'
 muon_learning_rate = 0.02  # Muon's peak learning rate; it follows the same warmup and decay
 muon_momentum = 0.95
 muon_weight_decay = 0.0
+muon_ns_steps = 5  # Newton-Schulz iterations per update: each costs the same, whatever the batch
 # AdamW
 learning_rate = 6e-4  # peak learning rate
 max_iters = 600000  # optimizer steps in total
@@ -173,7 +174,7 @@ runtime.place_model(model, rt, rows=batch_size * block_size, onednn_choice=check
 
 scaler = torch.amp.GradScaler(rt.device_type, enabled=rt.dtype == 'float16')  # no-op unless float16
 optimizer = optimizers.configure(model, optimizer, weight_decay, learning_rate, (beta1, beta2), rt.device_type,
-                                 muon_learning_rate, muon_momentum, muon_weight_decay)
+                                 muon_learning_rate, muon_momentum, muon_weight_decay, muon_ns_steps)
 if checkpoint is not None:
     try:
         if fsdp:

@@ -34,6 +34,7 @@ VARIANTS = {
     'modern': ['config/modern.py'],
     'modern+softcap': ['config/modern.py', '--logit_softcap=15.0'],
     'modern+rmsnorm': ['config/modern.py', '--norm=rmsnorm'],
+    'modern-ns3': ['config/modern.py', '--muon_ns_steps=3'],  # fewer Newton-Schulz iterations: cheaper steps
     'modern-800': ['config/modern.py', '--max_iters=800', '--lr_decay_iters=800'],  # its own schedule, 40% of the steps
 }
 variants = ','.join(VARIANTS)  # comma-separated names from the list above

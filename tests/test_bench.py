@@ -65,3 +65,14 @@ def test_cpu_peak_is_the_faster_library():
     peak = runtime.peak_flops('cpu')
     assert peak == runtime.measured_cpu_flops() > 1e9
     assert model.estimate_mfu(2, 1.0, peak) == flops / peak
+
+
+def test_step_parts_splits_the_classic_and_modern_steps(run, tmp_path):
+    out = run('benchmarks/step_parts.py', '--n_layer=1', '--n_head=2', '--n_embd=16', '--block_size=16',
+              '--batch_size=2', '--rounds=5', '--muon_ns_steps=2', '--results_file=results.jsonl').stdout
+    record = results(tmp_path)[0]
+    classic, modern = record['medians_ms']['classic'], record['medians_ms']['modern']
+    assert record['muon_ns_steps'] == 2 and classic['Muon'] < 0.01 < modern['Muon']  # only the modern step has Muon
+    for parts in (classic, modern):  # the parts add up to the step, which is timed as a whole
+        assert abs(sum(v for part, v in parts.items() if part != 'step') - parts['step']) < 0.2 * parts['step']
+    assert '| forward+backward |' in out and '| step |' in out

@@ -37,7 +37,8 @@ def test_with_every_new_setting_off_training_is_bit_identical_to_before(run, tmp
 
 @pytest.mark.slow
 def test_a_modern_model_trains_resumes_exactly_samples_and_benches(run, tmp_path, char_data):
-    args = ['--dataset=tiny', *MODERN, *TINY_MODEL, '--eval_interval=10', '--always_save_checkpoint=True']
+    args = ['--dataset=tiny', *MODERN, *TINY_MODEL, '--eval_interval=10', '--always_save_checkpoint=True',
+            '--muon_ns_steps=4']
     run('train.py', *args, '--max_iters=20', '--out_dir=straight')
     run('train.py', *args, '--max_iters=10', '--out_dir=split')
     result = run('train.py', *args, '--max_iters=20', '--out_dir=split', '--init_from=resume')
@@ -45,6 +46,7 @@ def test_a_modern_model_trains_resumes_exactly_samples_and_benches(run, tmp_path
     straight, split = (torch.load(tmp_path / d / 'ckpt.pt', weights_only=True) for d in ('straight', 'split'))
     assert all(torch.equal(straight['model'][k], split['model'][k]) for k in straight['model'])
     assert straight['optimizer'].keys() == {'muon', 'adamw'}
+    assert straight['optimizer']['muon']['param_groups'][0]['ns_steps'] == 4
     # the checkpoint names its modern choices, so the original nanoGPT's GPTConfig refuses it
     assert {k: straight['model_args'][k] for k in ('rotary', 'qk_norm', 'mlp', 'tie_weights')} == \
         dict(rotary=True, qk_norm=True, mlp='relu2', tie_weights=False)
@@ -75,8 +77,10 @@ def test_resuming_with_another_optimizer_is_a_one_line_error(run, trained):
     result = run('train.py', '--dataset=tiny', '--init_from=resume', '--optimizer=muon', '--max_iters=40',
                  '--device=cpu', expect=None)
     assert_one_line_error(result, 'resume with --optimizer=adamw')
-    for bad, says in (('--norm=batchnorm', 'norm takes layernorm'), ('--optimizer=sgd', 'adamw or muon')):
-        assert_one_line_error(run('train.py', '--dataset=tiny', *TINY_MODEL, bad, '--out_dir=new', expect=None), says)
+    for bad, says in (('--norm=batchnorm', 'norm takes layernorm'), ('--optimizer=sgd', 'adamw or muon'),
+                      ('--optimizer=muon --muon_ns_steps=0', 'muon_ns_steps takes a whole number')):
+        result = run('train.py', '--dataset=tiny', *TINY_MODEL, *bad.split(), '--out_dir=new', expect=None)
+        assert_one_line_error(result, says)
 
 
 @pytest.mark.parametrize('choice', [dict(rotary=True), dict(norm='rmsnorm'), dict(norm='rmsnorm_free'),
@@ -139,7 +143,7 @@ def test_batched_muon_steps_as_torch_muon_does_and_resumes_from_its_state():
     ours = [torch.nn.Parameter(torch.randn(shape) * 0.1) for shape in shapes]
     theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
     start = [p.detach().clone() for p in ours]
-    settings = dict(lr=0.02, momentum=0.9, weight_decay=0.1)
+    settings = dict(lr=0.02, momentum=0.9, weight_decay=0.1, ns_steps=4)
     batched, reference = optimizers.BatchedMuon(ours, **settings), torch.optim.Muon(theirs, **settings)
     for step in range(4):
         for p, q in zip(ours, theirs):

@@ -93,8 +93,8 @@ def rotary_tables(head_size, positions, base):
 
 
 def rotate_pairs(x, cos, sin):
-    """Turn each pair (first half, second half) of x's head dimensions by its position's angle, in
-    float32 at least (bfloat16 angles would be too coarse)."""
+    """Turn each pair (first half, second half) of x's head dimensions by its position's angle,
+    computed in float32 at least: under bfloat16 autocast the products would be rounded coarsely."""
     x1, x2 = x.to(torch.promote_types(x.dtype, torch.float32)).chunk(2, dim=-1)
     return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).type_as(x)
 

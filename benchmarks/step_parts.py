@@ -11,6 +11,7 @@ Random tokens: the time of a step does not depend on the data. One JSON line goe
 """
 import json
 import os
+import runpy
 import statistics
 import sys
 import time
@@ -21,7 +22,7 @@ import torch  # noqa: E402
 import optimizers  # noqa: E402
 import runtime  # noqa: E402
 from configurator import configure  # noqa: E402
-from model import GPT, GPTConfig  # noqa: E402
+from model import GPT, MODERN_DEFAULTS, GPTConfig  # noqa: E402
 
 n_layer, n_head, n_embd, block_size, vocab_size, batch_size = 4, 4, 128, 64, 65, 12
 muon_ns_steps = 5
@@ -32,13 +33,15 @@ configure(globals())
 
 rt = runtime.setup_runtime('cpu', 'float32', False, onednn=onednn)
 shape = dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, vocab_size=vocab_size, bias=False)
-modern = dict(rotary=True, norm='rmsnorm', qk_norm=True, mlp='relu2', tie_weights=False, zero_init=True)  # config/modern.py
+# the modern model is config/modern.py's, read from the file so that the two cannot drift apart
+overlay = runpy.run_path(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'config', 'modern.py'))
+modern = {name: overlay[name] for name in MODERN_DEFAULTS if name in overlay}
 recipes = {}
-for name, choices, optimizer_name in (('classic', {}, 'adamw'), ('modern', modern, 'muon')):
+for name, choices, optimizer_name in (('classic', {}, 'adamw'), ('modern', modern, overlay['optimizer'])):
     torch.manual_seed(0)
     model = runtime.place_model(GPT(GPTConfig(**shape, **choices)), rt, rows=batch_size * block_size)
     recipes[name] = (model, optimizers.configure(model, optimizer_name, 0.1, 1e-3, (0.9, 0.99), 'cpu',
-                                                 muon_ns_steps=muon_ns_steps))
+                                                 overlay['muon_learning_rate'], muon_ns_steps=muon_ns_steps))
 x, y = (torch.randint(vocab_size, (batch_size, block_size)) for _ in range(2))
 parts = ('forward+backward', 'clip', 'Muon', 'AdamW', 'step')
 times = {name: {part: [] for part in parts} for name in recipes}
@@ -49,7 +52,7 @@ for round_index in range(rounds + 5):
         marks.append(time.perf_counter())
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         marks.append(time.perf_counter())
-        muon, adamw = (optimizer.muon, optimizer.adamw) if name == 'modern' else (None, optimizer)
+        muon, adamw = (optimizer.muon, optimizer.adamw) if hasattr(optimizer, 'muon') else (None, optimizer)
         if muon is not None:
             muon.step()
         marks.append(time.perf_counter())

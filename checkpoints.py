@@ -113,12 +113,14 @@ def pretrained_model(name_or_dir, dropout=0.0):
              f"from the Hugging Face hub once, or give a folder saved with save_pretrained")
 
 
-def inference_model(init_from, out_dir, device='cpu'):
-    """The model sample.py and eval.py run, with its character vocabulary (None for GPT-2 BPE) and a
-    name for reports: out_dir/ckpt.pt for init_from='resume', else GPT-2 weights or a Hugging Face folder."""
+def inference_model(init_from, out_dir):
+    """The model sample.py and eval.py run, on the CPU (the caller moves it), with its character
+    vocabulary (None for GPT-2 BPE) and a name for reports: out_dir/ckpt.pt for init_from='resume',
+    else GPT-2 weights or a Hugging Face folder. A checkpoint is memory-mapped, so its optimizer
+    state (twice the model's size with AdamW) is never read, let alone copied to a GPU."""
     if init_from == 'resume':
         ckpt_path = os.path.join(out_dir, CKPT_NAME)
-        checkpoint = load_checkpoint(ckpt_path, device)
+        checkpoint = load_checkpoint(ckpt_path, 'cpu', mmap=True)
         model = model_from_checkpoint(checkpoint, ckpt_path, dropout=0.0)
         # our checkpoints keep the vocabulary; the original's name the dataset whose meta.pkl has it
         dataset = checkpoint.get('config', {}).get('dataset')

@@ -13,6 +13,7 @@ examples, seconds, ...). HellaSwag is scored completion-style as build-nanogpt a
 acc_norm 0.2955; 1558M: 0.3842 / 0.4893). Bits per byte compare across tokenizers and datasets.
 """
 import json
+import sys
 import time
 
 import torch
@@ -51,7 +52,7 @@ if batch_size < 1 or max_examples < 0 or max_tokens < 0 or stride < 0:
 if hellaswag not in (True, False, 'auto'):
     errors.fail(f"--hellaswag takes auto, True or False, not {hellaswag!r}")
 rt = runtime.setup_runtime(device, dtype, compile, backend, seed, onednn)
-model, meta, model_name = checkpoints.inference_model(init_from, out_dir, rt.device)
+model, meta, model_name = checkpoints.inference_model(init_from, out_dir)
 vocab_size, block_size = model.config.vocab_size, model.config.block_size
 run_hellaswag = hellaswag is True or (hellaswag == 'auto' and evals.is_bpe(meta, vocab_size))
 if not (run_hellaswag or text_file or dataset):
@@ -115,4 +116,6 @@ if rt.master:
             f.writelines(json.dumps({**r, 'time': now}) + '\n' for r in results)
         print(f"appended {len(results)} lines to {results_file}" +
               (f"; per-example losses in {details_file}" if details_file else ''))
+    if rt.compile:  # a recompile per batch shape would cost more than compiling saves
+        print(runtime.describe_compile(), file=sys.stderr)
 parallel.leave_group(rt)

@@ -47,6 +47,10 @@ class MuonAdamW:
     """Muon and AdamW stepped as one optimizer, for the training loop, the GradScaler (which needs
     only param_groups and step) and checkpoints (one state dict holding both)."""
 
+    # float16: the GradScaler hands step() its scale and found_inf as tensors (grad_scale, found_inf
+    # attributes) rather than reading found_inf on the host before every step, a wait for the GPU
+    _step_supports_amp_scaling = True
+
     def __init__(self, muon, adamw):
         self.muon, self.adamw = muon, adamw
 
@@ -55,8 +59,20 @@ class MuonAdamW:
         return self.muon.param_groups + self.adamw.param_groups
 
     def step(self):
-        self.muon.step()
-        self.adamw.step()
+        grad_scale, found_inf = getattr(self, 'grad_scale', None), getattr(self, 'found_inf', None)
+        self.muon.step(grad_scale, found_inf)
+        if found_inf is None:
+            self.adamw.step()
+        elif getattr(self.adamw, '_step_supports_amp_scaling', False):  # fused AdamW skips on the device
+            self.adamw.grad_scale, self.adamw.found_inf = grad_scale, found_inf
+            self.adamw.step()
+            del self.adamw.grad_scale, self.adamw.found_inf
+        else:  # no fused kernel here: unscale, and ask the host whether to step
+            if grad_scale is not None:
+                torch._foreach_div_([p.grad for g in self.adamw.param_groups for p in g['params']
+                                     if p.grad is not None], grad_scale)
+            if not found_inf.item():
+                self.adamw.step()
 
     def zero_grad(self, set_to_none=True):
         self.muon.zero_grad(set_to_none=set_to_none)
@@ -82,16 +98,25 @@ class BatchedMuon(torch.optim.Muon):
         super().__init__(params, **settings)
 
     @torch.no_grad()
-    def step(self):
+    def step(self, grad_scale=None, found_inf=None):
+        """One update. From a GradScaler (MuonAdamW): the gradients are divided by grad_scale where
+        it is given, and where found_inf (a tensor) is set the step changes nothing, decided on the
+        device: parameters and momenta keep their values through torch.where."""
         for group in self.param_groups:
             params = [p for p in group['params'] if p.grad is not None]
             if not params:
                 continue
             grads = [p.grad for p in params]
+            if grad_scale is not None:
+                grads = torch._foreach_div(grads, grad_scale)
             for p in params:
                 if 'momentum_buffer' not in self.state[p]:
                     self.state[p]['momentum_buffer'] = torch.zeros_like(p)
             momenta = [self.state[p]['momentum_buffer'] for p in params]
+            if found_inf is not None:  # the step's results are computed aside, kept only if finite
+                skip = found_inf.to(torch.bool)
+                grads = [torch.where(skip, 0.0, g) for g in grads]
+                old_params, old_momenta = [p.clone() for p in params], [m.clone() for m in momenta]
             torch._foreach_lerp_(momenta, grads, 1 - group['momentum'])
             updates = torch._foreach_lerp(grads, momenta, group['momentum']) if group['nesterov'] else momenta
             # wide and tall matrices orthogonalise as wide ones (the Gram matrix is the small side)
@@ -106,6 +131,9 @@ class BatchedMuon(torch.optim.Muon):
                 for i, o in zip(indices, ortho.unbind(0)):
                     rows, cols = params[i].shape
                     params[i].add_(o.mT if rows > cols else o, alpha=-group['lr'] * max(1, rows / cols) ** 0.5)
+            if found_inf is not None:
+                for tensor, old in zip(params + momenta, old_params + old_momenta):
+                    tensor.copy_(torch.where(skip, old, tensor))
 
 
 def newton_schulz(X, coefficients, steps, eps):

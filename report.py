@@ -11,13 +11,15 @@ class MetricsLog:
     """out_dir/metrics.jsonl: one JSON object per log or eval event, appended across resumes.
 
     On resume, events after the checkpoint's iteration are dropped first: that stretch is
-    about to be trained again, and the file should read as one run."""
+    about to be trained again, and the file should read as one run. So is the end of the earlier
+    run (its 'done' event, with its time and peak memory): the resumed run writes its own."""
 
     def __init__(self, out_dir, resume_iter=None):
         self.path = os.path.join(out_dir, 'metrics.jsonl')
         if resume_iter is not None and os.path.exists(self.path):
             with open(self.path) as f:
-                kept = [line for line in f if line.strip() and json.loads(line).get('iter', 0) <= resume_iter]
+                events = [(line, json.loads(line)) for line in f if line.strip()]
+            kept = [line for line, event in events if event.get('iter', 0) <= resume_iter and event['event'] != 'done']
             with open(self.path + '.tmp', 'w') as f:
                 f.writelines(kept)
             os.replace(self.path + '.tmp', self.path)

@@ -83,11 +83,59 @@ def keep_freed_memory():
         pass
 
 
+COMPILE_SCOPES = ('auto', 'model', 'blocks')
+
+
+def resolve_compile_scope(scope, compile, fsdp):
+    """What torch.compile wraps: the whole model ('model': one graph with the embeddings, head and
+    loss) or each Transformer block on its own ('blocks': one block's code, compiled once, serves
+    every block, so compiling is quicker). FSDP needs blocks: its hooks between the blocks cannot be
+    traced, and would break a whole-model graph at every block. 'auto' is blocks under FSDP, else
+    the whole model (BENCHMARKS.md: faster per step, one process and DDP alike)."""
+    if scope not in COMPILE_SCOPES:
+        fail(f"--compile_scope takes {', '.join(COMPILE_SCOPES)}, not {scope!r}")
+    if fsdp and scope == 'model':
+        fail("--compile_scope=model cannot trace FSDP's hooks between the blocks; use blocks (or auto) with --fsdp=True")
+    if not compile:
+        return None
+    return 'blocks' if fsdp or scope == 'blocks' else 'model'
+
+
+def compile_model(model, wrapped, scope):
+    """torch.compile for training: wrapped is the model as the loop calls it (DDP's wrapper, or the
+    model itself). The whole of it, compiled outside DDP so that Dynamo's DDP optimizer splits the
+    graph at DDP's gradient buckets, whose all-reduces then overlap the rest of the backward; or
+    each block's forward, in place, where hooks (DDP's per gradient, FSDP's per block) stay outside
+    the compiled code."""
+    if scope == 'model':
+        return torch.compile(wrapped)
+    for block in model.transformer.h:
+        block.forward = torch.compile(block.forward, fullgraph=True)
+    return wrapped
+
+
+def compile_counts():
+    """What torch.compile has done in this process so far, from Dynamo's own records: graphs
+    compiled, graph breaks, and recompiles (a compiled frame traced again because a guard failed,
+    e.g. the switch from training to evaluation mode, or a new shape)."""
+    from torch._dynamo.utils import counters, guard_failures
+    return dict(graphs=counters['stats']['unique_graphs'], graph_breaks=sum(counters['graph_break'].values()),
+                recompiles=sum(len(reasons) for reasons in guard_failures.values()))
+
+
+def describe_compile():
+    return 'compile: {graphs} graphs, {graph_breaks} graph breaks, {recompiles} recompiles'.format(**compile_counts())
+
+
 def place_model(model, runtime, rows, backward=True, onednn_choice=None):
     """model on the runtime's device, its Linear layers in oneDNN where the runtime's onednn setting
     says so; 'auto' is decided here, for this model at rows rows per step (see onednn.py), and
     runtime.onednn_speedup keeps what was measured. onednn_choice, a choice made before (the one a
     resumed run's checkpoint recorded), replaces 'auto' where it still works."""
+    if runtime.dtype == 'float16' and model.config.mlp == 'relu2':
+        # relu(x)^2 passes float16's largest value (65504) once x passes 256, which happens in training
+        fail("mlp='relu2' overflows float16 (an activation past 256 squares past 65504); use --dtype=bfloat16 "
+             "or --dtype=float32, or --mlp=gelu for float16")
     model.to(runtime.device)
     if runtime.onednn == 'auto' and onednn_choice is not None:
         runtime.onednn = bool(onednn_choice) and onednn_usable(runtime.device_type, runtime.dtype, runtime.compile)
@@ -140,6 +188,12 @@ def setup_runtime(device, dtype, compile, backend='auto', seed=1337, onednn='aut
         torch.set_flush_denormal(True)
     dtype = resolve_dtype(dtype, device_type)
     compile = resolve_compile(compile, device_type)
+    if compile and device_type == 'cpu':
+        # Inductor's CPU code adds the token embedding's gradient rows with atomic adds from every
+        # thread, in whatever order they come: the same seed gave other weights each run. In
+        # deterministic mode it keeps torch's own (ordered) kernel for that; eager CPU kernels are
+        # deterministic anyway. GPUs keep their fast atomics (their documented non-determinism).
+        torch.use_deterministic_algorithms(True, warn_only=True)
     ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[dtype]
     torch.manual_seed(seed + rank)  # ranks differ in dropout masks
     if device_type == 'cuda':

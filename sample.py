@@ -49,7 +49,7 @@ if start.startswith('FILE:'):
         errors.fail(f"cannot read the prompt file {start[5:]} ({e.strerror if isinstance(e, OSError) else e})")
 rt = runtime.setup_runtime(device, dtype, compile, seed=seed, onednn=onednn)
 
-model, meta, _ = checkpoints.inference_model(init_from, out_dir, rt.device)  # meta: a character vocabulary, or None
+model, meta, _ = checkpoints.inference_model(init_from, out_dir)  # meta: a character vocabulary, or None
 encode, decode = tokenizer.load_tokenizer(meta)
 
 model.eval()

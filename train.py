@@ -93,6 +93,7 @@ fsdp = False  # under torchrun, shard weights, gradients and AdamW state across 
 device = 'auto'  # 'auto' (cuda, then mps, then cpu), 'cpu', 'cuda', 'cuda:1', 'mps'
 dtype = 'auto'  # 'auto' (bfloat16 on CUDA where supported, else float16; float32 elsewhere), 'float32', 'bfloat16', 'float16'
 compile = 'auto'  # torch.compile the model; 'auto' is on for CUDA only
+compile_scope = 'auto'  # 'model' (one graph) or 'blocks' (each block compiled); auto: blocks under FSDP only
 onednn = 'auto'  # CPU, float32: Linear layers' matmuls in oneDNN; 'auto' times both on this machine and takes the faster
 seed = 1337  # drives the init, the batches and dropout
 # -----------------------------------------------------------------------------
@@ -109,6 +110,7 @@ if fsdp and hellaswag_interval:  # each rank scores its own share, but FSDP's fo
     errors.fail("hellaswag_interval does not run under --fsdp=True yet; score the checkpoints with eval.py instead")
 # oneDNN's linear op is not tried on FSDP's sharded weights
 rt = runtime.setup_runtime(device, dtype, compile, backend, seed, False if fsdp else onednn)
+compile_scope = runtime.resolve_compile_scope(compile_scope, rt.compile, fsdp)
 if gradient_accumulation_steps % rt.world_size:
     errors.fail(f"gradient_accumulation_steps ({gradient_accumulation_steps}) must be divisible by the "
                 f"number of {'FSDP' if fsdp else 'DDP'} processes ({rt.world_size}); change one of them")
@@ -187,12 +189,12 @@ if checkpoint is not None:
     if checkpoint.get('scaler'):  # empty unless the checkpoint was trained in float16
         scaler.load_state_dict(checkpoint['scaler'])
 raw_model = model
-if rt.compile:
-    if rt.master:
-        print("compiling the model (takes a minute or so)...")
-    model = torch.compile(model)
 if rt.ddp and not fsdp:
     model = DDP(model, device_ids=[rt.local_rank] if rt.device_type == 'cuda' else None)
+if rt.compile:
+    if rt.master:
+        print(f"compiling the {'blocks' if compile_scope == 'blocks' else 'model'} (takes a minute or so)...")
+    model = runtime.compile_model(raw_model, model, compile_scope)
 
 
 # data: random blocks of block_size + 1 tokens from the memory-mapped .bin files
@@ -435,8 +437,10 @@ if not (stopped or diverged):
         print(f"done: {iter_num} iterations in {report.format_duration(time.time() - run_start)}, best val loss "
               f"{best_val_loss:.4f}, {iter_num * tokens_per_iter:,} tokens seen ({(iter_num - start_iter) * tokens_per_iter:,}"
               f" in this run), {runtime.peak_memory(rt)}")
+        if rt.compile:  # a graph break or a recompile after warm-up costs speed on every step
+            print(f"{runtime.describe_compile()} ({compile_scope})")
         metrics.write(event='done', iter=iter_num, best_val_loss=best_val_loss, seconds=time.time() - run_start,
-                      **runtime.peak_memory_gb(rt))
+                      **runtime.peak_memory_gb(rt), **(runtime.compile_counts() if rt.compile else {}))
         if os.path.exists(ckpt_path):
             print(f"checkpoint: {ckpt_path} (iteration {checkpoints.checkpoint_iter(ckpt_path)}); "
                   f"sample from it: python sample.py --out_dir={out_dir}; plot the losses: python plot.py --out_dir={out_dir}")

@@ -9,6 +9,10 @@ checkpoints may sync.
 
 $ python benchmarks/count_syncs.py train.py config/train_shakespeare_char.py --max_iters=100 --log_interval=10
 
+Reads made by torch.compile while it compiles (Inductor folds constants such as cross-entropy's
+ignore_index by reading them) are the compiler's, not the program's: they happen once, on a cold
+compile, and are not counted.
+
 It prints one summary line and exits with 1 when the step synced, else with train.py's own status.
 """
 import ast
@@ -34,8 +38,24 @@ counts = collections.Counter()  # (where, what) -> calls; where is 'step' or 'el
 in_step_iterations = set()
 
 
+# a frame of these files is on the stack exactly while Dynamo traces or Inductor compiles (the
+# compiled code runs without them)
+COMPILER_FILES = tuple(os.path.join(os.path.dirname(torch.__file__), *parts) for parts in
+                       (('_dynamo', 'convert_frame.py'), ('_inductor', 'compile_fx.py')))
+
+
+def compiling(frame):
+    while frame is not None:
+        if frame.f_code.co_filename in COMPILER_FILES:
+            return True
+        frame = frame.f_back
+    return False
+
+
 def record(what):
     frame = sys._getframe(2)
+    if compiling(frame):
+        return
     while frame is not None and not (frame.f_code.co_filename == script and frame.f_code.co_name == '<module>'):
         frame = frame.f_back
     if frame is None:

@@ -1,0 +1,76 @@
+"""torch.compile, run on the CPU (Inductor's C++ backend) the way a GPU runs it by default: the
+training step compiles once per mode (training, evaluation), without a graph break or a recompile
+later, in one process, under DDP and under FSDP; a compiled run is reproducible and resumes exactly;
+and the reads the compiler itself makes while compiling are not taken for the program's syncs."""
+import re
+
+import pytest
+import torch
+
+from conftest import REPO, TINY_MODEL, read_metrics, run_torchrun
+
+COMPILED = [arg for arg in TINY_MODEL if not arg.startswith('--compile')] + ['--compile=True']
+COUNT_SYNCS = str(REPO / 'benchmarks' / 'count_syncs.py')
+# several evaluations and log lines: each switch between the modes must reuse the graphs compiled first
+RUN = ['--dataset=tiny', '--out_dir=out', '--max_iters=12', '--eval_interval=4', '--log_interval=2', *COMPILED]
+ONCE_PER_MODE = 'compile: 2 graphs, 0 graph breaks, 1 recompiles'  # the one recompile: evaluation mode
+
+
+def compile_line(stdout):
+    return next(line for line in stdout.splitlines() if line.startswith('compile:'))
+
+
+def weights(path):
+    return torch.load(path, weights_only=True)['model']
+
+
+@pytest.mark.slow
+def test_one_process_compiles_once_per_mode_and_never_waits_for_the_device(run, char_data):
+    # a cold compile, as on a fresh GPU machine: that is when Inductor reads constants on the host
+    result = run(COUNT_SYNCS, str(REPO / 'train.py'), *RUN, env={'TORCHINDUCTOR_FORCE_DISABLE_CACHES': '1'})
+    assert compile_line(result.stdout) == f'{ONCE_PER_MODE} (model)'
+    assert result.stderr.strip().splitlines()[-1].startswith('host syncs: 0 inside the training step')
+    done = next(e for e in read_metrics(char_data.parent.parent / 'out') if e['event'] == 'done')
+    assert (done['graphs'], done['graph_breaks'], done['recompiles']) == (2, 0, 1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('mode, scope', [('ddp', 'model'), ('ddp', 'blocks'), ('fsdp', 'blocks')])
+def test_two_ranks_compile_once_per_mode(tmp_path, char_data, mode, scope):
+    result = run_torchrun(COUNT_SYNCS, REPO / 'train.py', *RUN, '--gradient_accumulation_steps=2',
+                          f'--fsdp={mode == "fsdp"}', f'--compile_scope={scope}', cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert result.stderr.count('host syncs: 0 inside the training step') == 2  # each rank
+    counts = compile_line(result.stdout)
+    if scope == 'blocks':  # every block's hooks stay outside the compiled code: one graph per mode
+        assert counts == f'{ONCE_PER_MODE} (blocks)'
+    else:
+        # Dynamo steps around DDP's own forward (its breaks are DDP's code, the model is one graph);
+        # nothing is compiled again after the first step of each mode
+        graphs, breaks, recompiles = map(int, re.findall(r'\d+', counts))
+        assert graphs == 2 and counts.endswith('(model)')
+        warm = run_torchrun(REPO / 'train.py', *RUN, '--gradient_accumulation_steps=2', '--max_iters=40',
+                            '--out_dir=longer', f'--compile_scope={scope}', cwd=tmp_path)
+        assert compile_line(warm.stdout) == counts  # three times the steps and evaluations, the same counts
+    assert 'weights identical on all 2 ranks' in result.stdout or mode == 'fsdp'
+
+
+@pytest.mark.slow
+def test_a_compiled_run_is_reproducible_and_resumes_exactly(run, tmp_path, char_data):
+    # two threads, so that Inductor's CPU kernels split their work (the test workers run one each)
+    threads = {'OMP_NUM_THREADS': '2'}
+    args = ['--dataset=tiny', *COMPILED, '--eval_interval=5', '--log_interval=5', '--always_save_checkpoint=True']
+    run('train.py', *args, '--out_dir=a', '--max_iters=10', env=threads)
+    run('train.py', *args, '--out_dir=b', '--max_iters=10', env=threads)
+    a, b = weights(tmp_path / 'a' / 'ckpt.pt'), weights(tmp_path / 'b' / 'ckpt.pt')
+    assert all(torch.equal(a[k], b[k]) for k in a)  # the same seed, the same weights to the bit
+    run('train.py', *args, '--out_dir=b', '--max_iters=5', env=threads)  # b again, stopped halfway
+    run('train.py', *args, '--out_dir=b', '--max_iters=10', '--init_from=resume', env=threads)
+    resumed = weights(tmp_path / 'b' / 'ckpt.pt')
+    assert all(torch.equal(a[k], resumed[k]) for k in a)
+
+
+@pytest.mark.slow
+def test_eval_compiles_once(run, trained):
+    result = run('eval.py', '--out_dir=out', '--dataset=tiny', '--device=cpu', '--compile=True', '--batch_size=2')
+    assert 'compile: 1 graphs, 0 graph breaks, 0 recompiles' in result.stderr

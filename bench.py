@@ -4,7 +4,7 @@ Benchmark a GPT's training step, or its generation: median ms/iter, tokens/s and
 $ python bench.py                                             # GPT-2 124M shape, synthetic data
 $ python bench.py config/train_shakespeare_char_cpu.py --real_data=True     # a recipe's model and batch
 $ python bench.py config/train_gpt2.py --profile=True         # torch profiler: a table, and a trace in bench_log/
-$ python bench.py config/train_shakespeare_char.py --mode=generate          # with and without the KV cache
+$ python bench.py config/train_shakespeare_char.py --mode=generate          # with and without the KV cache (--compile=True: and compiled)
 
 The training step is train.py's: micro-steps of forward and backward, clipping, AdamW. MFU is
 against the device's peak: a table of GPUs (bfloat16 dense: A100 312, H100 989 TFLOPS, ...) or, on
@@ -27,9 +27,9 @@ import optimizers
 import report
 import runtime
 from configurator import configure
-from model import GPT, MODERN_DEFAULTS, GPTConfig, KVCache
+from model import GPT, MODERN_DEFAULTS, GPTConfig, KVCache, StaticKVCache
 
-mode = 'train'  # 'train' times optimizer steps; 'generate' times sampling with and without the KV cache
+mode = 'train'  # 'train' times optimizer steps; 'generate' times sampling with and without the KV cache (and compiled)
 # the model and batch (the training configs set these)
 batch_size = 12
 block_size = 1024
@@ -73,7 +73,7 @@ onednn = 'auto'  # CPU, float32: Linear layers in oneDNN (see train.py)
 config, _ = configure(globals(), lenient_files=True)
 
 if mode == 'generate' and compile == 'auto':
-    compile = False  # as in sample.py: a growing KV cache makes torch.compile recompile (BENCHMARKS.md)
+    compile = False  # as sample.py's default; --compile=True adds sample.py's compiled one-token step (BENCHMARKS.md)
 rt = runtime.setup_runtime(device, dtype, compile, seed=seed, onednn=onednn)
 if real_data:
     data_dir = os.path.join('data', dataset)
@@ -88,8 +88,6 @@ except ValueError as e:
     errors.fail(str(e))
 runtime.place_model(model, rt, rows=batch_size * block_size if mode == 'train' else 1, backward=mode == 'train')
 forward = torch.compile(model) if rt.compile else model
-if rt.compile and mode == 'generate':
-    model.forward = torch.compile(model.forward)  # what sample.py compiles: generate() calls forward
 
 
 def synchronize():
@@ -181,34 +179,53 @@ if mode == 'train':
 elif mode == 'generate':
     model.eval()
     prompt = torch.zeros((1, 1), dtype=torch.long, device=rt.device)
-    times, outputs = {True: [], False: []}, {}
+    # eager with and without the cache; with compile also sample.py's compiled one-token step over static caches
+    kinds = {'kv_cache': {}, 'no_cache': dict(use_cache=False)}
+    if rt.compile:
+        kinds['compiled'] = dict(decode_step=forward)
+    times, outputs, compile_s = {kind: [] for kind in kinds}, {}, None
     with torch.no_grad(), rt.autocast:
         model.generate(prompt, 20)  # warm up
+        if rt.compile:  # two tokens: the prompt's, eager, then the first step, which compiles
+            compile_s, _ = timed(lambda: model.generate(prompt, 2, **kinds['compiled']))
+            model.generate(prompt, 20, **kinds['compiled'])  # warm up
         for _ in range(repeats):
-            for use_cache in (True, False):  # alternating, so both see the same machine load
+            for kind, how in kinds.items():  # alternating, so every kind sees the same machine load
                 torch.manual_seed(seed)
                 dt, out = timed(lambda: model.generate(prompt, max_new_tokens, temperature=0.8, top_k=200,
-                                                       use_cache=use_cache, slide_to=slide_to or block_size // 2))
-                times[use_cache].append(dt)
-                outputs[use_cache] = out
+                                                       slide_to=slide_to or block_size // 2, **how))
+                times[kind].append(dt)
+                outputs[kind] = out
         # Equal tokens both ways hold where both paths round alike (CPU float32); bfloat16 or TF32
         # kernels may round a cached step differently, so compare the logits as well: every position
         # of a generated sequence at once, against one token at a time through the cache.
-        sequence = outputs[True][:, :block_size]
-        whole = model.logits(model.hidden_states(sequence))
-        caches = [KVCache() for _ in model.transformer.h]
-        stepwise = torch.cat([model(sequence[:, [i]], kv_caches=caches)[0] for i in range(sequence.size(1))], dim=1)
-        logit_gap = (whole.float() - stepwise.float()).abs().max().item()
-    cached, uncached = statistics.median(times[True]), statistics.median(times[False])
+        sequence = outputs['kv_cache'][:, :block_size]
+        whole = model.logits(model.hidden_states(sequence)).float()
+
+        def stepwise(caches, step=model):  # the first token fills the empty cache, eager, as generate() does
+            return torch.cat([(model if i == 0 else step)(sequence[:, [i]], kv_caches=caches)[0]
+                              for i in range(sequence.size(1))], dim=1).float()
+        logit_gap = (whole - stepwise([KVCache() for _ in model.transformer.h])).abs().max().item()
+        if rt.compile:
+            compiled_gap = (whole - stepwise([StaticKVCache(block_size, rt.device) for _ in model.transformer.h],
+                                             forward)).abs().max().item()
+    median = {kind: statistics.median(times[kind]) for kind in kinds}
+    tokens_per_s = {kind: round(max_new_tokens / median[kind], 1) for kind in kinds}
     record.update(max_new_tokens=max_new_tokens, repeats=repeats, slide_to=slide_to,
-                  kv_cache_tokens_per_s=round(max_new_tokens / cached, 1),
-                  no_cache_tokens_per_s=round(max_new_tokens / uncached, 1), speedup=round(uncached / cached, 3),
-                  same_tokens=bool(torch.equal(outputs[True], outputs[False])), max_logit_diff=logit_gap,
-                  compiled_graphs=torch._dynamo.utils.counters['stats']['unique_graphs'] if rt.compile else None)
-    print(f"{max_new_tokens} new tokens: KV cache {max_new_tokens / cached:,.1f} tokens/s, without "
-          f"{max_new_tokens / uncached:,.1f} tokens/s: {uncached / cached:.2f}x (median of {repeats}); "
-          f"same tokens: {record['same_tokens']}, logits cached vs whole within {logit_gap:.2g}"
-          + (f", {record['compiled_graphs']} compiled graphs" if rt.compile else ''))
+                  kv_cache_tokens_per_s=tokens_per_s['kv_cache'], no_cache_tokens_per_s=tokens_per_s['no_cache'],
+                  speedup=round(median['no_cache'] / median['kv_cache'], 3),
+                  same_tokens=bool(torch.equal(outputs['kv_cache'], outputs['no_cache'])), max_logit_diff=logit_gap)
+    print(f"{max_new_tokens} new tokens: KV cache {tokens_per_s['kv_cache']:,.1f} tokens/s, without "
+          f"{tokens_per_s['no_cache']:,.1f} tokens/s: {record['speedup']:.2f}x (median of {repeats}); "
+          f"same tokens: {record['same_tokens']}, logits cached vs whole within {logit_gap:.2g}")
+    if rt.compile:
+        record.update(compiled_tokens_per_s=tokens_per_s['compiled'], compile_s=round(compile_s, 2),
+                      compiled_speedup=round(median['kv_cache'] / median['compiled'], 3),
+                      compiled_same_tokens=bool(torch.equal(outputs['compiled'], outputs['kv_cache'])),
+                      compiled_max_logit_diff=compiled_gap, compile_counts=runtime.compile_counts())
+        print(f"compiled one-token step: {tokens_per_s['compiled']:,.1f} tokens/s, {record['compiled_speedup']:.2f}x "
+              f"the eager KV cache, after {compile_s:.1f} s compiling; same tokens: {record['compiled_same_tokens']}, "
+              f"logits within {compiled_gap:.2g}; {runtime.describe_compile()}")
 else:
     errors.fail(f"unknown mode {mode!r}; use 'train' or 'generate'")
 

@@ -127,7 +127,8 @@ class KVCache:
         self.length = 0
 
     def append(self, k, v):
-        """Store new keys/values (B, nh, T, hs); return all of them so far."""
+        """Store new keys/values (B, nh, T, hs); return all of them so far, and no mask: they end
+        with the new ones, so causal order says which each query sees."""
         new = k.size(2)
         if self.k is None or self.length + new > self.k.size(2):
             grow = max(self.length + new, 2 * (self.k.size(2) if self.k is not None else 64))
@@ -137,7 +138,34 @@ class KVCache:
             self.k, self.v = k_all, v_all
         self.k[:, :, self.length:self.length + new], self.v[:, :, self.length:self.length + new] = k, v
         self.length += new
-        return self.k[:, :, :self.length], self.v[:, :, :self.length]
+        return self.k[:, :, :self.length], self.v[:, :, :self.length], None
+
+
+class StaticKVCache:
+    """A KV cache for compiled decoding: buffers of a fixed size (the model's block_size), and the
+    count of positions filled held as a tensor rather than a Python int, so that every one-token
+    step has the same shapes and constants and torch.compile compiles it once. Attention then
+    reads the whole buffer, masked to the positions filled so far."""
+
+    def __init__(self, size, device):
+        self.size = size
+        self.k = self.v = None  # allocated by the first append, which knows the batch, heads and dtype
+        self.filled = torch.zeros((), dtype=torch.long, device=device)
+
+    def positions(self, n):
+        """The positions the next n tokens will take, a tensor."""
+        return self.filled + torch.arange(n, device=self.filled.device)
+
+    def append(self, k, v):
+        """Write new keys/values (B, nh, T, hs) at the next positions; return the whole buffers and
+        which of their positions each new query may see, (T, size)."""
+        if self.k is None:  # zeros, not empty: a NaN in an unfilled slot would poison the masked sums
+            self.k = k.new_zeros(*k.shape[:2], self.size, k.size(3))
+            self.v = v.new_zeros(*v.shape[:2], self.size, v.size(3))
+        where = self.positions(k.size(2))
+        self.k[:, :, where], self.v[:, :, where] = k, v
+        self.filled.add_(k.size(2))  # in place: the tensor compiled code reads stays the same one
+        return self.k, self.v, torch.arange(self.size, device=k.device) <= where[:, None]
 
 
 class CausalSelfAttention(nn.Module):
@@ -164,20 +192,22 @@ class CausalSelfAttention(nn.Module):
             q, k = F.rms_norm(q, (q.size(-1),), eps=1e-6), F.rms_norm(k, (k.size(-1),), eps=1e-6)
         if rotary is not None:  # keys are cached already rotated: each by its own position
             q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
+        visible = None  # which keys each query may see, where a static cache says so
         if kv_cache is not None:
-            k, v = kv_cache.append(k, v)
-        # new queries sit at the end of the key sequence; one query may see every key, more need the mask
-        causal = T > 1
+            k, v, visible = kv_cache.append(k, v)
+        # otherwise new queries sit at the end of the key sequence; one query may see every key, more need the mask
+        causal = visible is None and T > 1
         if causal and k.size(2) != T:
             raise ValueError("a KV cache takes either a whole prompt at once or one token at a time")
         if self.flash:
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0,
-                                               is_causal=causal)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=visible,
+                                               dropout_p=self.dropout if self.training else 0.0, is_causal=causal)
         else:
             att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))
             if causal:
-                future = torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1)
-                att = att.masked_fill(future, float('-inf'))
+                visible = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+            if visible is not None:
+                att = att.masked_fill(visible.logical_not(), float('-inf'))
             y = self.attn_dropout(F.softmax(att, dim=-1)) @ v
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again
         return self.resid_dropout(self.c_proj(y))
@@ -298,10 +328,13 @@ class GPT(nn.Module):
     def hidden_states(self, idx, kv_caches=None):
         """The final layer's normalised outputs (B, T, n_embd), which lm_head turns into logits."""
         B, T = idx.size()
-        start = kv_caches[0].length if kv_caches else 0
-        if start + T > self.config.block_size:
-            raise ValueError(f"cannot forward {start + T} tokens, block_size is only {self.config.block_size}")
-        pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)
+        if kv_caches and isinstance(kv_caches[0], StaticKVCache):  # its buffers bound the positions
+            pos = kv_caches[0].positions(T)
+        else:
+            start = kv_caches[0].length if kv_caches else 0
+            if start + T > self.config.block_size:
+                raise ValueError(f"cannot forward {start + T} tokens, block_size is only {self.config.block_size}")
+            pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)
         x, rotary = self.transformer.wte(idx), None
         if self.config.rotary:  # positions enter as rotations of queries and keys, in every layer
             rotary = rotary_tables(self.config.n_embd // self.config.n_head, pos, self.config.rotary_base)
@@ -395,7 +428,7 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, use_cache=True, slide_to=None,
-                 on_token=None):
+                 on_token=None, decode_step=None):
         """Sample max_new_tokens tokens after idx (B, T), feeding each back in. Call model.eval() first.
 
         The context is at most block_size tokens: once the sequence outgrows it, the window slides
@@ -405,7 +438,15 @@ class GPT(nn.Module):
         the cache is rebuilt from the cropped context. Both paths see the same contexts, so with the
         same seed they give the same tokens. Past block_size, the default rebuilds at every step;
         slide_to=block_size // 2 rebuilds once per block_size // 2 tokens, which is much faster.
-        on_token, if given, is called with each new (B, 1) token as soon as it is sampled."""
+        on_token, if given, is called with each new (B, 1) token as soon as it is sampled.
+
+        decode_step, if given, runs the one-token steps in place of the model: torch.compile(model),
+        say. The caches are then StaticKVCaches, so every such step has the same shapes and compiles
+        once; the prompt, and the context after each slide, still go through the model itself (a
+        new length each time). decode_step=self is the same path eager; its tokens match the
+        default path's up to float rounding (attention sums over the whole buffer)."""
+        if decode_step is not None and not use_cache:
+            raise ValueError("decode_step runs the KV cache's one-token steps; it needs use_cache=True")
         block_size = self.config.block_size
         keep = min(slide_to or block_size, block_size)
         start = max(0, idx.size(1) - block_size)  # the context is idx[:, start:]
@@ -414,9 +455,11 @@ class GPT(nn.Module):
             if idx.size(1) - start > block_size:
                 start, caches = idx.size(1) - keep, None
             if use_cache and caches is not None:
-                logits, _ = self(idx[:, -1:], kv_caches=caches)
+                # the last step's token itself: idx[:, -1:], a view, has strides that change as idx grows
+                logits, _ = (self if decode_step is None else decode_step)(next_token, kv_caches=caches)
             else:
-                caches = [KVCache() for _ in self.transformer.h] if use_cache else None
+                caches = [KVCache() if decode_step is None else StaticKVCache(block_size, idx.device)
+                          for _ in self.transformer.h] if use_cache else None
                 logits, _ = self(idx[:, start:], kv_caches=caches)
             logits = logits[:, -1, :] / temperature
             if top_k is not None:

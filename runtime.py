@@ -69,6 +69,19 @@ def resolve_compile(compile, device_type):
     return compile
 
 
+def compile_counts():
+    """What torch.compile has done in this process so far, from Dynamo's own counters: graphs
+    compiled, graph breaks, and recompiles (a compiled graph's guards failing on a new input)."""
+    from torch._dynamo.utils import counters, guard_failures
+    return dict(graphs=counters['stats']['unique_graphs'], graph_breaks=sum(counters['graph_break'].values()),
+                recompiles=sum(len(failures) for failures in guard_failures.values()))
+
+
+def describe_compile():
+    """compile_counts() in one line, for a script to report on stderr."""
+    return 'compile: {graphs} graphs, {graph_breaks} graph breaks, {recompiles} recompiles'.format(**compile_counts())
+
+
 def keep_freed_memory():
     """Stop glibc from handing large freed blocks back to the OS. By default each new activation
     of more than ~128 KB is fresh memory that the kernel zeroes page by page: ~800 page faults a

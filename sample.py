@@ -9,6 +9,8 @@ Decodes with the character vocabulary the model was trained on (kept in the chec
 the dataset's meta.pkl), and with GPT-2's BPE tokenizer when there is none.
 """
 
+import sys
+
 import torch
 
 import checkpoints
@@ -30,7 +32,7 @@ slide_to = 0  # past block_size keep the last slide_to tokens: 0 is block_size//
 seed = 1337
 device = 'auto'  # 'auto' (cuda, then mps, then cpu), 'cpu', 'cuda', 'cuda:1', 'mps'
 dtype = 'auto'  # 'auto' (bfloat16 on CUDA where supported, else float16; float32 elsewhere), 'float32', 'bfloat16', 'float16'
-compile = False  # torch.compile the model: it recompiles as the KV cache grows, so eager is faster here (BENCHMARKS.md)
+compile = False  # torch.compile the KV cache's one-token step over a fixed-size cache: it compiles once (BENCHMARKS.md)
 onednn = 'auto'  # CPU, float32: Linear layers in oneDNN (see train.py)
 # -----------------------------------------------------------------------------
 configure(globals(), nullable={'top_k'}, echo=None)  # stdout is for the samples alone
@@ -48,20 +50,21 @@ if start.startswith('FILE:'):
     except (OSError, UnicodeDecodeError) as e:
         errors.fail(f"cannot read the prompt file {start[5:]} ({e.strerror if isinstance(e, OSError) else e})")
 rt = runtime.setup_runtime(device, dtype, compile, seed=seed, onednn=onednn)
+if rt.compile and not kv_cache:
+    errors.fail("compile compiles the KV cache's one-token step; use --kv_cache=True, or --compile=False")
 
 model, meta, _ = checkpoints.inference_model(init_from, out_dir)  # meta: a character vocabulary, or None
 encode, decode = tokenizer.load_tokenizer(meta)
 
 model.eval()
 runtime.place_model(model, rt, rows=num_samples, backward=False)  # generation: a few rows, forward only
-if rt.compile:
-    model.forward = torch.compile(model.forward)  # generate() calls forward; compile that
 
 start_ids = encode(start)
 if not start_ids:
     errors.fail("the prompt is empty; give at least one token with --start")
 x = torch.tensor(start_ids, dtype=torch.long, device=rt.device)[None, ...]
-sampling = dict(temperature=temperature, top_k=top_k, use_cache=kv_cache, slide_to=slide_to or model.config.block_size // 2)
+sampling = dict(temperature=temperature, top_k=top_k, use_cache=kv_cache, slide_to=slide_to or model.config.block_size // 2,
+                decode_step=torch.compile(model) if rt.compile else None)
 with torch.no_grad(), rt.autocast:
     if num_samples == 1:  # one sample: print it as it is written
         stream = tokenizer.TextStream(decode, start_ids)
@@ -71,3 +74,5 @@ with torch.no_grad(), rt.autocast:
         for sample in model.generate(x.expand(num_samples, -1), max_new_tokens, **sampling):
             print(decode(sample.tolist()))
             print('---------------')
+if rt.compile:
+    print(runtime.describe_compile(), file=sys.stderr)  # stdout is the samples'

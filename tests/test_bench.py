@@ -1,6 +1,7 @@
 """bench.py: timing, MFU against the right peak, the profiler, and one JSON line per run."""
 import json
 
+import pytest
 import torch
 
 import runtime
@@ -40,6 +41,15 @@ def test_bench_generate_compares_kv_cache(run, tmp_path):
     run('bench.py', *TINY_BENCH, '--mode=generate', '--max_new_tokens=40', '--repeats=1')
     record = results(tmp_path)[0]
     assert record['same_tokens'] is True and record['kv_cache_tokens_per_s'] > 0 and record['speedup'] > 0
+
+
+@pytest.mark.slow
+def test_bench_generate_times_the_compiled_step_apart(run, tmp_path):
+    out = run('bench.py', *TINY_BENCH, '--mode=generate', '--max_new_tokens=40', '--repeats=1', '--compile=True').stdout
+    record = results(tmp_path)[0]
+    assert record['compiled_same_tokens'] is True and record['compiled_tokens_per_s'] > 0 and record['compile_s'] > 0
+    assert record['compile_counts'] == dict(graphs=1, graph_breaks=0, recompiles=0)  # the logit check reuses it
+    assert 'compile: 1 graphs, 0 graph breaks, 0 recompiles' in out
 
 
 def test_peak_table(monkeypatch):

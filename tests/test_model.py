@@ -4,6 +4,7 @@ import math
 import pytest
 import torch
 
+import runtime
 from model import GPT, GPTConfig
 
 TINY = dict(n_layer=2, n_head=2, n_embd=16, block_size=16, vocab_size=65, dropout=0.0, bias=True)
@@ -173,3 +174,34 @@ def test_sliding_by_half_a_window_is_the_same_with_and_without_the_cache(monkeyp
     assert torch.equal(plain, model.generate(prompt, 40, temperature=0.8, top_k=10, slide_to=8))
     # when the 16-token window overflows, it restarts from the last 8 tokens, then grows a token at a time
     assert lengths[:24] == [2] + [1] * 14 + [8] + [1] * 8
+
+
+@pytest.mark.parametrize('rotary', [False, True])
+def test_static_cache_gives_the_same_tokens_as_the_growing_one(rotary):
+    # decode_step=model: the static path eager; a whole-buffer masked attention, equal up to rounding
+    model = tiny_model(rotary=rotary).eval()
+    for prompt, slide_to, flash in ((torch.randint(65, (2, 3)), 8, True), (torch.randint(65, (1, 40)), 16, True),
+                                    (torch.randint(65, (2, 1)), 8, False)):
+        for block in model.transformer.h:
+            block.attn.flash = flash
+        torch.manual_seed(4)
+        growing = model.generate(prompt, 30, temperature=0.8, top_k=10, slide_to=slide_to)
+        torch.manual_seed(4)
+        assert torch.equal(growing, model.generate(prompt, 30, temperature=0.8, top_k=10, slide_to=slide_to,
+                                                   decode_step=model))
+    with pytest.raises(ValueError, match='use_cache'):
+        model.generate(prompt, 2, use_cache=False, decode_step=model)
+
+
+def test_compiled_decode_step_compiles_once_with_rotary_positions():
+    # sample.py's test covers learned positions; here the rotary tables come from a position tensor
+    model = tiny_model(rotary=True).eval()
+    prompt = torch.randint(65, (2, 3))
+    torch.manual_seed(6)
+    eager = model.generate(prompt, 40, top_k=10, slide_to=8)  # slides four times, each a new static cache
+    before = runtime.compile_counts()
+    torch.manual_seed(6)
+    compiled = model.generate(prompt, 40, top_k=10, slide_to=8, decode_step=torch.compile(model))
+    after = runtime.compile_counts()
+    assert torch.equal(compiled, eager)
+    assert {key: after[key] - before[key] for key in after} == dict(graphs=1, graph_breaks=0, recompiles=0)

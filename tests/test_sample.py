@@ -1,4 +1,5 @@
 """sample.py on a tiny trained model, run as a user would."""
+import pytest
 import torch
 
 from conftest import assert_one_line_error
@@ -46,3 +47,17 @@ def test_sample_bad_input(run, trained):
     assert_one_line_error(run('sample.py', '--out_dir=out', '--temperature=0', expect=None), 'temperature')
     assert_one_line_error(run('sample.py', '--out_dir=out', '--top_k=0', expect=None), 'top_k')
     assert_one_line_error(run('sample.py', '--out_dir=out', '--start=FILE:missing.txt', expect=None), 'missing.txt')
+    assert_one_line_error(run('sample.py', '--out_dir=out', '--compile=True', '--kv_cache=False', expect=None),
+                          '--kv_cache=True')
+
+
+@pytest.mark.slow
+def test_compiled_decode_compiles_once_and_gives_the_eager_tokens(run, trained):
+    # 40 tokens past a 16-token block: the window slides (to 8 tokens) three times, each time a new
+    # static cache filled by an eager forward of the context; the one-token step is compiled once for all
+    args = ['--out_dir=out', '--num_samples=2', '--max_new_tokens=40', '--device=cpu', '--seed=3']
+    eager = run('sample.py', *args)
+    compiled = run('sample.py', *args, '--compile=True')
+    assert compiled.stdout == eager.stdout and len(samples(compiled.stdout)) == 2
+    assert compiled.stderr.strip().splitlines()[-1] == 'compile: 1 graphs, 0 graph breaks, 0 recompiles'
+    assert 'compile:' not in eager.stderr

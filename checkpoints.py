@@ -2,9 +2,14 @@
 Checkpoints in the original's format (model, optimizer, model_args, iter_num, best_val_loss,
 config), written atomically, read with clear errors; pretrained GPT-2 weights; random states.
 """
+import atexit
+import json
 import os
 import pickle
 import random
+import socket
+import sys
+import time
 import warnings
 
 import numpy as np
@@ -20,6 +25,9 @@ CKPT_NAME = 'ckpt.pt'  # the checkpoint train.py writes and sample.py reads, as 
 
 
 LAST_NAME = 'last.pt'  # the latest state, written when a run is stopped early, for resuming
+
+
+LOCK_NAME = 'train.lock'  # while a run writes into its out_dir: who it is, so that a second run is refused
 
 
 ORIGINAL_MODEL_ARGS = ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias', 'vocab_size', 'dropout')
@@ -48,14 +56,118 @@ def ensure_writable(out_dir):
         fail(f"out_dir {out_dir} is not writable ({e.strerror}); choose another with --out_dir=PATH")
 
 
+def lock_out_dir(out_dir):
+    """Claim out_dir for this run until it exits, or refuse: two runs in one out_dir overwrite each
+    other's checkpoints and metrics. A lock left by a dead process of this host (kill -9, a second
+    Ctrl-C) is taken over; one from another host cannot be checked from here, so it refuses."""
+    path = os.path.join(out_dir, LOCK_NAME)
+    me = {'pid': os.getpid(), 'host': socket.gethostname(), 'started': time.strftime('%Y-%m-%d %H:%M:%S')}
+    while True:
+        try:  # O_EXCL: of two runs starting together, exactly one creates the file
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            holder = _read_lock(path)
+            if holder is None:  # its run is between creating and writing it, or died right there
+                fail(f"out_dir {out_dir} is in use by another run (its lock {path} is empty or unreadable); "
+                     f"wait for it, choose another --out_dir, or delete {path} if no run is using it")
+            if holder['host'] == me['host'] and not _alive(holder['pid']):
+                print(f"taking over {path}: the run that left it (pid {holder['pid']}, started "
+                      f"{holder.get('started', '?')}) is gone")
+                try:
+                    os.remove(path)
+                except FileNotFoundError:  # another run starting now took it over first: try again
+                    pass
+                except OSError as e:
+                    fail(f"cannot take over {path} ({e.strerror}); delete it, its run is gone")
+                continue
+            fail(f"out_dir {out_dir} is in use by another run (pid {holder['pid']} on host {holder['host']}, "
+                 f"started {holder.get('started', '?')}); wait for it, choose another --out_dir, "
+                 f"or delete {path} if that run is gone")
+        except OSError as e:
+            fail(f"cannot create {path} ({e.strerror}); choose another --out_dir")
+        with os.fdopen(fd, 'w') as f:
+            f.write(json.dumps(me) + '\n')
+        # at exit: sys.exit, an uncaught error and a Ctrl-C/SIGTERM stop all get here; os._exit (a
+        # second Ctrl-C) and kill -9 do not, and leave a lock the next run on this host takes over
+        atexit.register(_unlock, path, me['pid'])
+        return path
+
+
+def _read_lock(path):
+    """A lock file's {'pid', 'host', 'started'}, or None when it cannot be read as one."""
+    try:
+        with open(path) as f:
+            holder = json.load(f)
+        return holder if isinstance(holder, dict) and isinstance(holder.get('pid'), int) and 'host' in holder \
+            else None
+    except (OSError, ValueError):
+        return None
+
+
+def _alive(pid):
+    if pid == os.getpid():  # a restarted container hands out the same pids: the lock is a dead run's
+        return False
+    try:
+        os.kill(pid, 0)  # signal 0: is there such a process, without disturbing it
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        pass
+    return True
+
+
+def _unlock(path, pid):
+    # only the process that took the lock (not a forked child), and only while it is still ours
+    holder = _read_lock(path)
+    if os.getpid() == pid and holder is not None and holder['pid'] == pid:
+        try:
+            os.remove(path)
+        except OSError:
+            pass
+
+
 def save_checkpoint(checkpoint, path):
-    """Write atomically: a crash or kill -9 mid-save leaves the previous file intact."""
+    """Write atomically: a crash or kill -9 mid-save leaves the previous file intact. A failed
+    write (a full disk, a file-size limit) takes its partial file away, says so in one line on
+    stderr and returns False; the caller stops the run."""
     tmp = f"{path}.tmp"
-    with open(tmp, 'wb') as f:
-        torch.save(checkpoint, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, 'wb') as f:
+            torch.save(checkpoint, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        return True
+    except (OSError, RuntimeError) as e:  # torch.save reports a failed write as a RuntimeError
+        print(f"{os.path.basename(sys.argv[0])}: could not write {path} ({_write_error(e)}); "
+              f"{_resumable(os.path.dirname(path))}", file=sys.stderr, flush=True)
+        return False
+    finally:
+        try:
+            os.remove(tmp)  # still there only when the write failed
+        except OSError:
+            pass
+
+
+def _write_error(e):
+    """The OS's reason for a failed write: torch.save's RuntimeError ("unexpected pos 704 vs 598")
+    names none, but the OSError the file raised under it is its context."""
+    cause = e
+    while cause is not None and not isinstance(cause, OSError):
+        cause = cause.__cause__ or cause.__context__
+    if cause is not None and cause.strerror:
+        return cause.strerror
+    return str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+
+
+def _resumable(out_dir):
+    """What is left to resume from after a failed write, in words."""
+    path = latest_checkpoint(out_dir)
+    try:
+        return (f"the previous checkpoint {path} is intact (iteration {checkpoint_iter(path)}): "
+                f"free some space and resume with --init_from=resume")
+    except Exception:  # none, or unreadable
+        return "no earlier checkpoint is there: free some space and train again"
 
 
 def load_checkpoint(path, device='cpu', mmap=False):

@@ -118,6 +118,7 @@ gradient_accumulation_steps //= rt.world_size  # each rank does its share of the
 ckpt_path = os.path.join(out_dir, checkpoints.CKPT_NAME)
 if rt.master:
     checkpoints.ensure_writable(out_dir)
+    checkpoints.lock_out_dir(out_dir)  # a second run into this out_dir is refused until this one exits
 
 data_dir = os.path.join('data', dataset)
 meta = data_files.check_dataset(data_dir, dataset)
@@ -256,7 +257,9 @@ def get_lr(it):
 
 
 def save(path):
-    """Write a checkpoint (rank 0; every rank must call this, for the RNG states and FSDP's gathers)."""
+    """Write a checkpoint (rank 0; every rank must call this, for the RNG states and FSDP's gathers).
+    A failed write (a full disk) sets write_failed on every rank, to stop them all together."""
+    global write_failed
     if parallel.any_rank([not checkpoints.all_finite(raw_model)], rt)[0]:  # FSDP: each rank checks its shards
         if rt.master:
             print(f"not saving {path}: the model has non-finite weights")
@@ -271,9 +274,8 @@ def save(path):
         'model_extra_args': {'gelu_approximate': raw_model.config.gelu_approximate},
         'wandb_run_id': wandb_run_id, 'onednn': rt.onednn,
     }
-    if rt.master:
-        checkpoints.save_checkpoint(checkpoint, path)
-    return True
+    write_failed = parallel.any_rank([rt.master and not checkpoints.save_checkpoint(checkpoint, path)], rt)[0]
+    return not write_failed
 
 
 n_params = raw_model.get_num_params()
@@ -316,7 +318,7 @@ X, Y = get_batch('train', (iter_num, 0))
 start_iter, run_start = iter_num, time.time()
 ms_per_iter, mfu, eval_seconds, hellaswag_seconds = None, None, 0.0, 0.0  # smoothed, for the ETA; the last evaluations' durations
 loss_finite = torch.ones((), dtype=torch.bool, device=rt.device)  # every loss since the last check was finite
-stopped = diverged = False
+stopped = diverged = write_failed = False
 t0, t0_iter, last_check = time.time(), iter_num, iter_num
 while True:
     lr = get_lr(iter_num)
@@ -340,7 +342,7 @@ while True:
                                'lr': lr}, step=iter_num)
         eval_seconds = time.time() - t0
         t0, t0_iter = time.time(), iter_num  # evaluation time is not training time
-    if hellaswag and due(hellaswag_interval):  # every rank scores its share
+    if hellaswag and due(hellaswag_interval) and not write_failed:  # every rank scores its share
         scores = evals.hellaswag(raw_model, hellaswag, rt, batch_size)
         if rt.master:
             print(f"step {iter_num}: hellaswag acc_norm {scores['acc_norm']:.4f}, acc {scores['acc']:.4f} "
@@ -351,7 +353,7 @@ while True:
                           step=iter_num)
         hellaswag_seconds = scores['seconds']
         t0 += hellaswag_seconds  # not training time either
-    if eval_only:
+    if eval_only or write_failed:
         break
     if not rt.ddp:  # one process can stop at any step; DDP ranks agree on it at the checks
         stopped = stop.requested is not None
@@ -424,7 +426,7 @@ while True:
             wandb.log({'iter': iter_num, 'loss': lossf, 'lr': lr, 'mfu': mfu, 'tokens_per_s': tokens_per_iter / dt},
                       step=iter_num)
 
-if not (stopped or diverged):
+if not (stopped or diverged or write_failed):
     last_path = os.path.join(out_dir, checkpoints.LAST_NAME)
     if rt.master and not eval_only and os.path.exists(last_path):
         os.remove(last_path)  # the state of a stop this run has now gone past
@@ -454,4 +456,4 @@ if rt.ddp:
     model = loss = None
     gc.collect()
     parallel.leave_group(rt)
-sys.exit(1 if diverged else stop.exit_code() if stop.requested or stopped else 0)
+sys.exit(1 if diverged or write_failed else stop.exit_code() if stop.requested or stopped else 0)

@@ -61,18 +61,19 @@ def _env(extra=None):
     return env
 
 
-def _run_script(script, *args, cwd, expect=0, env=None, timeout=240):
+def _run_script(script, *args, cwd, expect=0, env=None, timeout=240, **popen_args):
     result = subprocess.run([sys.executable, str(REPO / script), *map(str, args)], cwd=cwd,
-                            capture_output=True, text=True, timeout=timeout, env=_env(env))
+                            capture_output=True, text=True, timeout=timeout, env=_env(env), **popen_args)
     if expect is not None:
         assert result.returncode == expect, f"exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     return result
 
 
-def run_torchrun(*command, cwd, env=None, timeout=240):
+def run_torchrun(*command, cwd, env=None, timeout=240, **popen_args):
     """torchrun --standalone with 2 processes on command (a script and its arguments), in cwd."""
     return subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
-                           *map(str, command)], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=_env(env))
+                           *map(str, command)], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=_env(env),
+                          **popen_args)
 
 
 def train_losses(out_dir):
@@ -100,7 +101,7 @@ def random_hf_gpt2(path, vocab_size=100, n_positions=64, activation='gelu_new', 
 @pytest.fixture
 def run(tmp_path):
     """run('train.py', '--max_iters=5', ...): the script from the repo, in tmp_path, as a subprocess.
-    Fails the test on an exit status other than expect (None: any)."""
+    Fails the test on an exit status other than expect (None: any); other keywords go to subprocess.run."""
     def _run(script, *args, cwd=None, **kwargs):
         return _run_script(script, *args, cwd=cwd or tmp_path, **kwargs)
     return _run

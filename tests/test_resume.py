@@ -1,11 +1,17 @@
-"""Never lose a run: exact resume, atomic checkpoints, clean stops on signals, non-finite loss."""
+"""Never lose a run: exact resume, atomic checkpoints, clean stops on signals, non-finite loss, a full
+disk, one run per out_dir."""
+import json
+import re
+import resource
 import signal
+import socket
 import subprocess
 import sys
 
 import torch
 
-from conftest import REPO, TINY_MODEL, _env, train_losses
+from conftest import REPO, TINY_MODEL, _env, assert_one_line_error, run_torchrun, train_losses
+from report import read_metrics
 
 RUN = ['--dataset=tiny', *TINY_MODEL, '--dropout=0.1', '--eval_interval=10', '--log_interval=1']
 
@@ -119,3 +125,96 @@ def test_ctrl_c_during_a_long_evaluation_stops_within_a_batch(tmp_path, char_dat
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 130 and 'step 0:' not in out  # the evaluation was cut short, not reported
     assert torch.load(tmp_path / 'out' / 'last.pt', weights_only=True)['iter_num'] == 0
+
+
+def file_size_limit(limit):
+    """For subprocess's preexec_fn: writing a file past limit bytes fails as on a full disk (EFBIG;
+    Python ignores the SIGXFSZ that would otherwise kill the process)."""
+    return lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+
+# above metrics.jsonl and its rewrite on resume (a few KB), well below a checkpoint (over 100 KB)
+FILE_SIZE_LIMIT = 32_000
+FULL_DISK_RESUME = ['train.py', '--dataset=tiny', *TINY_MODEL, '--init_from=resume', '--max_iters=40',
+                    '--eval_interval=10', '--always_save_checkpoint=True']
+FULL_DISK_LINE = ("train.py: could not write out/ckpt.pt (File too large); the previous checkpoint out/ckpt.pt is "
+                  "intact (iteration 30): free some space and resume with --init_from=resume")
+
+
+def test_full_disk_keeps_the_checkpoint_and_stops_cleanly(run, trained):
+    assert (trained / 'ckpt.pt').stat().st_size > 3 * FILE_SIZE_LIMIT
+    result = run(*FULL_DISK_RESUME, expect=1, preexec_fn=file_size_limit(FILE_SIZE_LIMIT))
+    assert result.stderr.strip().splitlines() == [FULL_DISK_LINE]
+    assert not (trained / 'ckpt.pt.tmp').exists()
+    assert torch.load(trained / 'ckpt.pt', weights_only=True)['iter_num'] == 30
+    assert 'step 40: ' in result.stdout and 'done:' not in result.stdout
+    # metrics.jsonl is whole: its last event is the evaluation whose checkpoint could not be written
+    last = read_metrics(trained)[-1]
+    assert (last['event'], last['iter'], last['saved']) == ('eval', 40, False)
+
+
+def test_full_disk_under_torchrun_stops_every_rank(trained):
+    result = run_torchrun(REPO / FULL_DISK_RESUME[0], *FULL_DISK_RESUME[1:], '--gradient_accumulation_steps=2',
+                          cwd=trained.parent, timeout=120, preexec_fn=file_size_limit(FILE_SIZE_LIMIT))
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert result.stderr.count(FULL_DISK_LINE) == 1  # rank 0 says it, once
+    assert 'train.py", line' not in result.stderr  # no traceback of ours (torchrun prints its own)
+    # torchrun's report of each worker. Once one has exited with an error it sends SIGTERM to the
+    # rest, and a rank a few milliseconds behind may get it while it shuts down: it then reads -15.
+    # (With rank 0's failure not shared, rank 1 trained on into a gloo traceback, "Connection closed
+    # by peer", and the run hung past the timeout.)
+    codes = re.findall(r'exitcode\s+:\s+(-?\d+)', result.stderr)
+    assert len(codes) == 2 and '1' in codes and set(codes) <= {'1', str(-signal.SIGTERM)}, result.stderr[-3000:]
+    assert not (trained / 'ckpt.pt.tmp').exists()
+    assert torch.load(trained / 'ckpt.pt', weights_only=True)['iter_num'] == 30
+
+
+def test_second_run_into_a_busy_out_dir_is_refused(run, tmp_path, char_data):
+    first = start_training(tmp_path, '--always_save_checkpoint=True', '--eval_interval=1000')
+    try:
+        wait_for(first.stdout, 'iter 5/')
+        lock = json.loads((tmp_path / 'out' / 'train.lock').read_text())
+        assert (lock['pid'], lock['host']) == (first.pid, socket.gethostname())
+        for extra in ([], ['--eval_only=True'], ['--init_from=resume']):
+            result = run('train.py', *RUN, '--max_iters=5', *extra, expect=2)
+            assert_one_line_error(result, f"out_dir out is in use by another run (pid {first.pid} on host "
+                                          f"{socket.gethostname()}, started {lock['started']})",
+                                  'delete out/train.lock')
+        assert 1 in train_losses(tmp_path / 'out')  # the first run's record was not started anew
+    finally:
+        first.send_signal(signal.SIGTERM)
+        out, _ = first.communicate(timeout=60)
+    assert first.returncode == 128 + signal.SIGTERM and 'saved out/ckpt.pt' in out
+    assert not (tmp_path / 'out' / 'train.lock').exists()
+
+
+def test_a_dead_runs_lock_is_taken_over(run, tmp_path, char_data):
+    dead_pid = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'],
+                              capture_output=True, text=True, check=True).stdout.strip()  # run() waited: it is gone
+    (tmp_path / 'out').mkdir()
+    (tmp_path / 'out' / 'train.lock').write_text(json.dumps(
+        {'pid': int(dead_pid), 'host': socket.gethostname(), 'started': '2026-01-02 03:04:05'}))
+    result = run('train.py', *RUN, '--max_iters=5')
+    assert (f"taking over out/train.lock: the run that left it (pid {dead_pid}, started 2026-01-02 03:04:05) is gone"
+            in result.stdout)
+    assert not (tmp_path / 'out' / 'train.lock').exists()
+
+
+def test_a_lock_from_another_host_is_refused(run, tmp_path, char_data):
+    (tmp_path / 'out').mkdir()
+    (tmp_path / 'out' / 'train.lock').write_text(json.dumps(
+        {'pid': 1234, 'host': 'elsewhere', 'started': '2026-01-02 03:04:05'}))
+    result = run('train.py', *RUN, '--max_iters=5', expect=2)
+    assert_one_line_error(result, "(pid 1234 on host elsewhere, started 2026-01-02 03:04:05)",
+                          "or delete out/train.lock if that run is gone")
+
+
+def test_finished_and_failed_runs_leave_no_lock(run, tmp_path, char_data):
+    lock = tmp_path / 'out' / 'train.lock'
+    run('train.py', *RUN, '--max_iters=10')
+    assert not lock.exists()
+    run('train.py', *RUN, '--max_iters=15', '--init_from=resume')  # the finished run's lock does not block it
+    assert not lock.exists()
+    # an error found after the lock was taken
+    run('train.py', *RUN, '--init_from=resume', '--n_layer=3', expect=2)
+    assert not lock.exists()

@@ -70,7 +70,9 @@ bytes_per_token = evals.token_bytes(meta, vocab_size) if texts else None
 rows_per_forward = batch_size * (4 * 128 if run_hellaswag else block_size)  # HellaSwag rows are ~100 tokens
 runtime.place_model(model, rt, rows=rows_per_forward, backward=False)
 if rt.compile:
-    model.token_losses = torch.compile(model.token_losses, dynamic=True)
+    # the Transformer, for any batch shape; the head runs on the scored positions alone (a
+    # data-dependent shape, which would break the graph)
+    model.hidden_states = torch.compile(model.hidden_states, dynamic=True)
 if rt.master:
     processes = f"{rt.world_size} processes (DDP, {rt.backend})" if rt.ddp else "1 process"
     print(f"{model_name}: {model.get_num_params() / 1e6:.2f}M parameters, context {block_size}; device {rt.device}, "

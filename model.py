@@ -196,8 +196,10 @@ class CausalSelfAttention(nn.Module):
         if kv_cache is not None:
             k, v, visible = kv_cache.append(k, v)
         # otherwise new queries sit at the end of the key sequence; one query may see every key, more need the mask
-        causal = visible is None and T > 1
-        if causal and k.size(2) != T:
+        # (without a cache, causal even for one token: a plain bool, where T > 1 would be symbolic
+        # for torch.compile's dynamic shapes, which the fused attention cannot take)
+        causal = visible is None and (kv_cache is None or T > 1)
+        if causal and kv_cache is not None and k.size(2) != T:
             raise ValueError("a KV cache takes either a whole prompt at once or one token at a time")
         if self.flash:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=visible,

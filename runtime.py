@@ -127,19 +127,6 @@ def compile_model(model, wrapped, scope):
     return wrapped
 
 
-def compile_counts():
-    """What torch.compile has done in this process so far, from Dynamo's own records: graphs
-    compiled, graph breaks, and recompiles (a compiled frame traced again because a guard failed,
-    e.g. the switch from training to evaluation mode, or a new shape)."""
-    from torch._dynamo.utils import counters, guard_failures
-    return dict(graphs=counters['stats']['unique_graphs'], graph_breaks=sum(counters['graph_break'].values()),
-                recompiles=sum(len(reasons) for reasons in guard_failures.values()))
-
-
-def describe_compile():
-    return 'compile: {graphs} graphs, {graph_breaks} graph breaks, {recompiles} recompiles'.format(**compile_counts())
-
-
 def place_model(model, runtime, rows, backward=True, onednn_choice=None):
     """model on the runtime's device, its Linear layers in oneDNN where the runtime's onednn setting
     says so; 'auto' is decided here, for this model at rows rows per step (see onednn.py), and

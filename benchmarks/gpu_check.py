@@ -107,8 +107,9 @@ if quick:
                 '--compile=False', '--eval_interval=100000', '--always_save_checkpoint=False']
     print(f"\n== torchrun, SIGTERM, resume: {' '.join(torchrun)}", flush=True)
     start = time.time()
+    # unbuffered: the SIGTERM must land near iteration 20, not when an 8 KB buffer of log lines fills
     proc = subprocess.Popen(torchrun + ['--max_iters=100000'], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
+                            text=True, start_new_session=True, env=dict(os.environ, PYTHONUNBUFFERED='1'))
     lines = []
     for line in proc.stdout:
         lines.append(line)

@@ -5,7 +5,7 @@ import pickle
 import numpy as np
 import torch
 
-from conftest import TINY_MODEL, assert_one_line_error
+from conftest import TINY_MODEL, assert_one_line_error, read_metrics
 
 
 def train(run, *args):
@@ -76,3 +76,16 @@ def test_checkpoint_vocabulary_differs_from_dataset(run, trained, tmp_path):
 def test_block_size_larger_than_the_checkpoint(run, trained):
     assert_one_line_error(run('train.py', '--dataset=tiny', '--init_from=resume', '--block_size=32', expect=None),
                           'cannot resume with block_size=32: the checkpoint in out has block_size=16')
+
+
+def test_relu_squared_in_float16_is_refused(run, char_data):
+    # relu(x)^2 overflows float16 past x = 256: refused up front rather than "diverged" mid-run
+    result = run('train.py', '--dataset=tiny', *TINY_MODEL, '--mlp=relu2', '--dtype=float16', '--max_iters=2', expect=None)
+    assert_one_line_error(result, "mlp='relu2' overflows float16", '--dtype=bfloat16')
+
+
+def test_a_resume_keeps_one_done_record_its_own(run, trained):
+    run('train.py', '--dataset=tiny', '--out_dir=out', *TINY_MODEL, '--max_iters=40', '--eval_interval=10',
+        '--init_from=resume')
+    done = [e for e in read_metrics(trained) if e['event'] == 'done']
+    assert [e['iter'] for e in done] == [40]  # not also the first run's, at 30

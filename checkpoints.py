@@ -157,6 +157,11 @@ def _write_error(e):
         cause = cause.__cause__ or cause.__context__
     if cause is not None and cause.strerror:
         return cause.strerror
+    return first_line(e)
+
+
+def first_line(e):
+    """An exception's message cut to one short line, for a one-line error (its type if it has none)."""
     return str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
 
 
@@ -185,8 +190,7 @@ def load_checkpoint(path, device='cpu', mmap=False):
         fail(f"{path} is not a readable checkpoint (it holds Python objects, not just tensors and plain "
              f"values); load only checkpoints written by this repo or the original nanoGPT")
     except Exception as e:  # truncated zip, not a torch file at all
-        reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-        fail(f"{path} is not a readable checkpoint ({reason}); it may be truncated or "
+        fail(f"{path} is not a readable checkpoint ({first_line(e)}); it may be truncated or "
              f"written by another program: train again or restore a good copy")
     if not isinstance(checkpoint, dict) or not {'model', 'model_args'} <= checkpoint.keys():
         fail(f"{path} is not a nanoGPT checkpoint (it lacks 'model' and 'model_args')")
@@ -221,7 +225,7 @@ def pretrained_model(name_or_dir, dropout=0.0):
     except ValueError as e:
         fail(str(e))
     except OSError as e:  # not downloadable (offline), or a folder without a model in it
-        fail(f"could not load {name_or_dir} ({str(e).splitlines()[0][:160]}); OpenAI's weights download "
+        fail(f"could not load {name_or_dir} ({first_line(e)}); OpenAI's weights download "
              f"from the Hugging Face hub once, or give a folder saved with save_pretrained")
 
 

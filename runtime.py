@@ -104,7 +104,7 @@ def resolve_compile_scope(scope, compile, fsdp):
     loss) or each Transformer block on its own ('blocks': one block's code, compiled once, serves
     every block, so compiling is quicker). FSDP needs blocks: its hooks between the blocks cannot be
     traced, and would break a whole-model graph at every block. 'auto' is blocks under FSDP, else
-    the whole model (BENCHMARKS.md: faster per step, one process and DDP alike)."""
+    the whole model, which fuses more (benchmarks/compile_scope.py compares the two)."""
     if scope not in COMPILE_SCOPES:
         fail(f"--compile_scope takes {', '.join(COMPILE_SCOPES)}, not {scope!r}")
     if fsdp and scope == 'model':

@@ -194,7 +194,7 @@ if rt.ddp and not fsdp:
     model = DDP(model, device_ids=[rt.local_rank] if rt.device_type == 'cuda' else None)
 if rt.compile:
     if rt.master:
-        print(f"compiling the {'blocks' if compile_scope == 'blocks' else 'model'} (takes a minute or so)...")
+        print(f"compiling the {compile_scope} (takes a minute or so)...")
     model = runtime.compile_model(raw_model, model, compile_scope)
 
 

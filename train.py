@@ -93,7 +93,7 @@ fsdp = False  # under torchrun, shard weights, gradients and AdamW state across 
 device = 'auto'  # 'auto' (cuda, then mps, then cpu), 'cpu', 'cuda', 'cuda:1', 'mps'
 dtype = 'auto'  # 'auto' (bfloat16 on CUDA where supported, else float16; float32 elsewhere), 'float32', 'bfloat16', 'float16'
 compile = 'auto'  # torch.compile the model; 'auto' is on for CUDA only
-compile_scope = 'auto'  # 'model' (one graph) or 'blocks' (each block compiled); auto: blocks under FSDP only
+compile_scope = 'auto'  # 'model' (one graph) or 'blocks' (each block compiled); auto: blocks under torchrun
 onednn = 'auto'  # CPU, float32: Linear layers' matmuls in oneDNN; 'auto' times both on this machine and takes the faster
 seed = 1337  # drives the init, the batches and dropout
 # -----------------------------------------------------------------------------
@@ -110,7 +110,7 @@ if fsdp and hellaswag_interval:  # each rank scores its own share, but FSDP's fo
     errors.fail("hellaswag_interval does not run under --fsdp=True yet; score the checkpoints with eval.py instead")
 # oneDNN's linear op is not tried on FSDP's sharded weights
 rt = runtime.setup_runtime(device, dtype, compile, backend, seed, False if fsdp else onednn)
-compile_scope = runtime.resolve_compile_scope(compile_scope, rt.compile, fsdp)
+compile_scope = runtime.resolve_compile_scope(compile_scope, rt.compile, fsdp, rt.world_size)
 if gradient_accumulation_steps % rt.world_size:
     errors.fail(f"gradient_accumulation_steps ({gradient_accumulation_steps}) must be divisible by the "
                 f"number of {'FSDP' if fsdp else 'DDP'} processes ({rt.world_size}); change one of them")

@@ -35,14 +35,14 @@ def test_one_process_compiles_once_per_mode_and_never_waits_for_the_device(run, 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('mode, scope', [('ddp', 'model'), ('ddp', 'blocks'), ('fsdp', 'blocks')])
+@pytest.mark.parametrize('mode, scope', [('ddp', 'model'), ('ddp', 'auto'), ('fsdp', 'auto')])
 def test_two_ranks_compile_once_per_mode(tmp_path, char_data, mode, scope):
     result = run_torchrun(COUNT_SYNCS, REPO / 'train.py', *RUN, '--gradient_accumulation_steps=2',
                           f'--fsdp={mode == "fsdp"}', f'--compile_scope={scope}', cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     assert result.stderr.count('host syncs: 0 inside the training step') == 2  # each rank
     counts = compile_line(result.stdout)
-    if scope == 'blocks':  # every block's hooks stay outside the compiled code: one graph per mode
+    if scope == 'auto':  # blocks under torchrun: the hooks stay outside the compiled code, one graph per mode
         assert counts == f'{ONCE_PER_MODE} (blocks)'
     else:
         # Dynamo steps around DDP's own forward (its breaks are DDP's code, the model is one graph);

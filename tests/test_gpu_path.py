@@ -4,20 +4,22 @@ command that checks it all on a real GPU (run here with tiny shapes)."""
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
 
 import runtime
-from conftest import REPO, TINY_MODEL, _env, run_torchrun
+from conftest import REPO, TINY_MODEL, _env, assert_one_line_error, run_torchrun
 
 COUNT_SYNCS = str(REPO / 'benchmarks' / 'count_syncs.py')
 
 
-def test_the_training_step_never_waits_for_the_device(run, char_data):
+@pytest.mark.parametrize('recipe', [[], ['--dtype=float16', '--optimizer=muon']])  # float16: a GradScaler
+def test_the_training_step_never_waits_for_the_device(run, char_data, recipe):
     # between log lines (every 5 iterations) and evaluations the step reads nothing back to the host
     result = run('benchmarks/count_syncs.py', str(REPO / 'train.py'), '--dataset=tiny', *TINY_MODEL,
-                 '--max_iters=20', '--log_interval=5', '--eval_interval=10')
+                 '--max_iters=20', '--log_interval=5', '--eval_interval=10', *recipe)
     summary = result.stderr.strip().splitlines()[-1]
     assert summary.startswith('host syncs: 0 inside the training step'), summary
     assert int(summary.split(', ')[1].split()[0]) > 0  # the log lines and evaluations do read values
@@ -96,18 +98,43 @@ def test_a_second_gpu_becomes_the_current_one(monkeypatch):
 
 @pytest.mark.slow
 def test_gpu_check_runs_its_steps_on_a_cpu(tmp_path, char_data):
-    # the GPU check, tiny: every step and the table, so the script cannot rot between GPU sessions
+    # the GPU check, tiny and compiled as on a GPU: every step, so the script cannot rot between GPU sessions
     (tmp_path / 'data' / 'shakespeare_char').symlink_to(tmp_path / 'data' / 'tiny')
     result = subprocess.run(['bash', str(REPO / 'benchmarks' / 'gpu_check.sh'), '--device=cpu', '--tiny=True',
-                             '--iters=10', '--full=True', f'--out_root={tmp_path / "out"}',
-                             f'--results_file={tmp_path / "check.jsonl"}'],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=240, env=_env())
+                             '--iters=10', '--full=True', f'--out_root={tmp_path / "runs"}', '--report_dir=report'],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300, env=_env())
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert 'all checks passed' in result.stdout
-    rows = {row['case']: row for row in map(json.loads, (tmp_path / 'check.jsonl').read_text().splitlines())}
-    assert rows['bf16-compile']['note'].startswith('host syncs: 0 inside the training step')
-    for case in ('bf16-compile', 'fp16-scaler', 'fp32-tf32', 'resume fp32->fp16', 'torchrun stop+resume',
-                 'bench GPT-2 shape train', 'full recipe bf16-compile', 'full modern recipe bf16-compile'):
+    assert '\nenvironment: torch ' in result.stdout
+    assert sorted(path.name for path in (tmp_path / 'report').iterdir()) == ['log.txt', 'results.jsonl', 'table.md']
+    table = (tmp_path / 'report' / 'table.md').read_text()
+    assert '| case | ms/iter | tokens/s | MFU | peak GPU GB |' in table and 'all checks passed' in table
+    rows = {row['case']: row for row in map(json.loads, (tmp_path / 'report' / 'results.jsonl').read_text().splitlines())}
+    # compiled under the sync counter: no sync in the step, one graph per mode, no break, no recompile after
+    # warm-up (tests/test_compile.py compiles cold, as a fresh GPU machine does)
+    assert 'host syncs: 0 inside the training step' in rows['bf16-compile']['note']
+    assert 'compile: 2 graphs, 0 graph breaks, 1 recompiles (model)' in rows['bf16-compile']['note']
+    assert rows['fp16-scaler-muon']['note'].startswith('host syncs: 0 inside the training step')
+    for case in ('bf16-compile', 'fp16-scaler-muon', 'fp32-tf32', 'resume fp32->fp16', 'resume fp16->bf16',
+                 'torchrun stop+resume', 'bench GPT-2 shape train', 'full recipe bf16-compile',
+                 'full modern recipe bf16-compile'):
         assert rows[case]['ms_per_iter'] > 0 and rows[case]['tokens_per_s'] > 0, case
+    assert {'sample no cache', 'sample kv_cache', 'sample kv_cache compiled', 'bench GPT-2 shape generate'} <= set(rows)
     assert rows['full modern recipe bf16-compile']['note'] == 'val loss never reached 1.47'  # a tiny model, 10 steps
-    assert '| case | ms/iter | tokens/s | MFU | peak GPU GB |' in result.stdout
+    log = (tmp_path / 'report' / 'log.txt').read_text()
+    assert log.count('\n== ') == len(rows) + 1 and '[exit 0]' in log  # torchrun counts twice: stopped, resumed
+
+
+@pytest.mark.parametrize('args, prepared, says', [
+    (['--device=cpu', '--tiny=True'], False, 'data/shakespeare_char/train.bin is missing: run python data/'),
+    (['--device=cuda'], True, 'sees no CUDA device; on a CPU run --device=cpu --tiny=True'),
+    (['--device=cpu', '--tiny=True', '--report_dir=/proc/no'], True, 'cannot write to /proc/no'),
+])
+def test_gpu_check_stops_at_once_without_what_it_needs(tmp_path, char_data, args, prepared, says):
+    if prepared:
+        (tmp_path / 'data' / 'shakespeare_char').symlink_to(tmp_path / 'data' / 'tiny')
+    started = time.time()
+    result = subprocess.run([sys.executable, str(REPO / 'benchmarks' / 'gpu_check.py'), *args,
+                             f'--out_root={tmp_path / "runs"}'], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=60, env=_env())
+    assert_one_line_error(result, 'gpu_check.py: error: ', says)
+    assert time.time() - started < 30 and not (tmp_path / 'runs').exists()  # nothing started

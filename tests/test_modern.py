@@ -159,6 +159,43 @@ def test_batched_muon_steps_as_torch_muon_does_and_resumes_from_its_state():
     assert all((p - p0).abs().max() > 1e-2 for p, p0 in zip(ours, start))
 
 
+def test_batched_muon_takes_a_grad_scalers_scale_and_skips_an_overflow_on_the_device():
+    # in float16 the GradScaler hands the step its scale and found_inf as tensors: nothing is read on
+    # the host; a finite step is the unscaled one, an overflowing one leaves weights and momenta alone
+    settings = dict(lr=0.02, momentum=0.9, weight_decay=0.1, ns_steps=4)
+    scaled, plain = ([torch.nn.Parameter(torch.randn(8, 24) * 0.1)] for _ in range(2))
+    plain[0].data.copy_(scaled[0].data)
+    scaled_opt, plain_opt = optimizers.BatchedMuon(scaled, **settings), optimizers.BatchedMuon(plain, **settings)
+    scale = torch.tensor(1024.0)
+    for found_inf in (0.0, 1.0, 0.0):
+        grad = torch.randn(8, 24)
+        scaled[0].grad, plain[0].grad = grad * scale, grad.clone()
+        weights = scaled[0].detach().clone()
+        momentum = scaled_opt.state[scaled[0]].get('momentum_buffer', torch.zeros(8, 24)).clone()
+        scaled_opt.step(grad_scale=scale, found_inf=torch.tensor(found_inf))
+        if found_inf:  # skipped, as the reference is
+            assert torch.equal(scaled[0], weights)
+            assert torch.equal(scaled_opt.state[scaled[0]]['momentum_buffer'], momentum)
+        else:
+            plain_opt.step()
+            torch.testing.assert_close(scaled[0], plain[0], rtol=0, atol=1e-6)
+
+
+def test_muon_and_adamw_under_a_grad_scaler_never_read_found_inf_on_the_host(monkeypatch):
+    gpt = model.GPT(model.GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=32))
+    optimizer = optimizers.configure(gpt, 'muon', 0.1, 1e-3, (0.9, 0.95), 'cpu', 0.02, 0.95, 0.0, 5)
+    scaler = torch.amp.GradScaler('cpu', init_scale=2.0 ** 10)
+    reads = []
+    monkeypatch.setattr(torch.Tensor, 'item', lambda t: reads.append(t) or 0.0)
+    x = torch.randint(0, 32, (2, 8))
+    matrix, embedding = gpt.transformer.h[0].mlp.c_fc.weight, gpt.transformer.wte.weight  # Muon's, AdamW's
+    before = matrix.detach().clone(), embedding.detach().clone()
+    scaler.scale(gpt(x, x)[1]).backward()
+    scaler.step(optimizer)
+    assert reads == []
+    assert not torch.equal(matrix, before[0]) and not torch.equal(embedding, before[1])  # both stepped
+
+
 def test_modern_config_is_a_switch_over_any_recipe(run, char_data):
     out = run('train.py', str(REPO / 'config' / 'train_shakespeare_char_cpu.py'), *MODERN, '--dataset=tiny',
               '--max_iters=0', '--eval_only=True', '--out_dir=out').stdout

@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+import checkpoints
 from conftest import assert_one_line_error
 
 
@@ -61,3 +62,14 @@ def test_compiled_decode_compiles_once_and_gives_the_eager_tokens(run, trained):
     assert compiled.stdout == eager.stdout and len(samples(compiled.stdout)) == 2
     assert compiled.stderr.strip().splitlines()[-1] == 'compile: 1 graphs, 0 graph breaks, 0 recompiles'
     assert 'compile:' not in eager.stderr
+
+
+def test_sample_and_eval_read_a_checkpoints_weights_on_the_cpu(trained, monkeypatch):
+    # memory-mapped on the CPU: the optimizer state (twice the model with AdamW) is never read, nor
+    # copied to a GPU; the caller moves the model alone
+    loads, load = [], torch.load
+    monkeypatch.setattr(torch, 'load', lambda *args, **kwargs: loads.append(kwargs) or load(*args, **kwargs))
+    gpt, meta, name = checkpoints.inference_model('resume', str(trained))
+    assert [(k['map_location'], k['mmap']) for k in loads] == [('cpu', True)]
+    assert {p.device.type for p in gpt.parameters()} == {'cpu'} and meta['vocab_size'] == gpt.config.vocab_size
+    assert 'ckpt.pt (iteration ' in name

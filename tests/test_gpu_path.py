@@ -138,3 +138,41 @@ def test_gpu_check_stops_at_once_without_what_it_needs(tmp_path, char_data, args
                             timeout=60, env=_env())
     assert_one_line_error(result, 'gpu_check.py: error: ', says)
     assert time.time() - started < 30 and not (tmp_path / 'runs').exists()  # nothing started
+
+
+FAKE_H200 = '''
+import runpy, sys, types
+import torch
+torch.cuda.is_available = lambda: True
+torch.cuda.get_device_name = lambda device=None: 'NVIDIA H200'
+torch.cuda.mem_get_info = lambda device=None: ({free_gb} * 2**30, 141 * 2**30)
+torch.distributed.is_nccl_available = lambda: {nccl}
+if {triton}:
+    sys.modules['triton'] = types.SimpleNamespace(__version__='3.6.0')
+sys.argv[0] = {script!r}
+runpy.run_path({script!r}, run_name='__main__')
+'''
+
+
+@pytest.mark.parametrize('free_gb, nccl, triton, says', [
+    (8, True, True, 'NVIDIA H200 has 8.0 GiB free of 141.0; the check needs 16'),
+    (100, True, False, 'triton is not installed'),
+    (100, False, True, 'this torch has no nccl'),
+    (100, True, True, None),
+])
+def test_gpu_check_on_a_gpu_checks_it_first_and_reports_a_failed_step(tmp_path, char_data, free_gb, nccl, triton, says):
+    # this machine's torch pretends to see an H200: the GPU's side of the environment check runs here
+    (tmp_path / 'data' / 'shakespeare_char').symlink_to(tmp_path / 'data' / 'tiny')
+    (tmp_path / 'fake_h200.py').write_text(FAKE_H200.format(free_gb=free_gb, nccl=nccl, triton=triton,
+                                                           script=str(REPO / 'benchmarks' / 'gpu_check.py')))
+    result = subprocess.run([sys.executable, 'fake_h200.py', '--report_dir=report', f'--out_root={tmp_path / "runs"}'],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=120, env=_env())
+    if says:
+        assert_one_line_error(result, says)
+        return
+    # all there: the first step starts, and fails (this torch has no GPU); the report says so and keeps it
+    assert result.returncode == 1
+    assert 'environment: torch ' in result.stdout and 'NVIDIA H200 (100 GiB free), triton 3.6.0' in result.stdout
+    assert 'FAILED: bf16-compile exited with 2' in result.stderr
+    assert (tmp_path / 'report' / 'table.md').read_text().rstrip().endswith('FAILED')
+    assert "train.py: error: --device=cuda" in (tmp_path / 'report' / 'log.txt').read_text()

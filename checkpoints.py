@@ -44,16 +44,17 @@ def model_args_of(config):
     return args
 
 
-def ensure_writable(out_dir):
-    """Fail now, not after hours of training, when checkpoints could not be written."""
+def ensure_writable(folder, setting='out_dir'):
+    """Fail now, not after hours of training, when checkpoints (or reports) could not be written;
+    setting names the option that chose the folder."""
     try:
-        os.makedirs(out_dir, exist_ok=True)
-        probe = os.path.join(out_dir, f".write-test-{os.getpid()}")
+        os.makedirs(folder, exist_ok=True)
+        probe = os.path.join(folder, f".write-test-{os.getpid()}")
         with open(probe, 'w'):
             pass
         os.remove(probe)
     except OSError as e:
-        fail(f"out_dir {out_dir} is not writable ({e.strerror}); choose another with --out_dir=PATH")
+        fail(f"{setting} {folder} is not writable ({e.strerror}); choose another with --{setting}=PATH")
 
 
 def lock_out_dir(out_dir):

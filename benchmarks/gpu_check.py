@@ -33,6 +33,8 @@ import torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+import checkpoints  # noqa: E402
+import data_files  # noqa: E402
 import errors  # noqa: E402
 import report  # noqa: E402
 import runtime  # noqa: E402
@@ -62,10 +64,8 @@ def check_environment():
     version = tuple(int(part) for part in re.findall(r'\d+', torch.__version__)[:2])
     if version < (2, 9):
         errors.fail(f"torch {torch.__version__} is older than 2.9, the oldest this repo runs on (requirements.txt)")
-    for name in ('train.bin', 'val.bin', 'meta.pkl'):
-        if not os.path.isfile(os.path.join(data_dir, name)) or not os.path.getsize(os.path.join(data_dir, name)):
-            errors.fail(f"{data_dir}/{name} is missing: run python data/{dataset}/prepare.py first "
-                        f"(for a GPU machine, prepare it here and carry {data_dir})")
+    if data_files.check_dataset(data_dir, dataset) is None:  # sample.py decodes with its vocabulary
+        errors.fail(f"{data_dir}/meta.pkl is missing: prepare the dataset again (python data/{dataset}/prepare.py)")
     train_tokens = os.path.getsize(os.path.join(data_dir, 'train.bin')) // 2
     if on_gpu:
         if not torch.cuda.is_available():
@@ -86,14 +86,8 @@ def check_environment():
         if not any(shutil.which(cc) for cc in ('g++', 'c++', 'clang++')):
             errors.fail("torch.compile on a CPU needs a C++ compiler (g++); install one or run with --tiny=False")
         where = f"{runtime.cpu_name()}, {os.cpu_count()} cores"
-    for folder in (report_dir, out_root):
-        try:
-            os.makedirs(folder, exist_ok=True)
-            with open(os.path.join(folder, '.writable'), 'w'):
-                pass
-            os.remove(os.path.join(folder, '.writable'))
-        except OSError as e:
-            errors.fail(f"cannot write to {folder} ({e.strerror}); pass a writable --report_dir / --out_root")
+    checkpoints.ensure_writable(report_dir, 'report_dir')
+    checkpoints.ensure_writable(out_root, 'out_root')
     free_disk = shutil.disk_usage(out_root).free / 2**30
     if free_disk < 2:
         errors.fail(f"{out_root} has {free_disk:.1f} GiB of disk free; the runs' checkpoints need 2")
@@ -158,11 +152,15 @@ def launch(name, command):
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True, env=dict(os.environ, PYTHONUNBUFFERED='1'))
     proc.out_of_time = threading.Event()
-    watchdog = threading.Timer(max(0.0, started + budget_s - time.time()), lambda: (
-        proc.out_of_time.set(), os.killpg(proc.pid, signal.SIGKILL)) if proc.poll() is None else None)
-    watchdog.daemon = True
-    watchdog.start()
-    proc.watchdog = watchdog
+
+    def out_of_time():
+        if proc.poll() is None:
+            proc.out_of_time.set()
+            os.killpg(proc.pid, signal.SIGKILL)
+
+    proc.watchdog = threading.Timer(max(0.0, started + budget_s - time.time()), out_of_time)
+    proc.watchdog.daemon = True
+    proc.watchdog.start()
     return proc
 
 

@@ -125,9 +125,9 @@ def test_gpu_check_runs_its_steps_on_a_cpu(tmp_path, char_data):
 
 
 @pytest.mark.parametrize('args, prepared, says', [
-    (['--device=cpu', '--tiny=True'], False, 'data/shakespeare_char/train.bin is missing: run python data/'),
+    (['--device=cpu', '--tiny=True'], False, 'dataset folder data/shakespeare_char does not exist; run python '),
     (['--device=cuda'], True, 'sees no CUDA device; on a CPU run --device=cpu --tiny=True'),
-    (['--device=cpu', '--tiny=True', '--report_dir=/proc/no'], True, 'cannot write to /proc/no'),
+    (['--device=cpu', '--tiny=True', '--report_dir=/proc/no'], True, 'report_dir /proc/no is not writable'),
 ])
 def test_gpu_check_stops_at_once_without_what_it_needs(tmp_path, char_data, args, prepared, says):
     if prepared:

@@ -105,9 +105,9 @@ def _find_config(path, namespace):
     fail(f"config file {path} not found (config files: config/*.py; settings: --key=value)")
 
 
-def _run_config(path, namespace, settings, nullable, lenient):
-    """Run a config file with the settings in scope; return {setting: new value} for what it assigns
-    (lenient: skipping names that are not settings of this script)."""
+def _run_config(path, namespace, defaults, nullable, lenient):
+    """Run a config file with the settings (as set so far) in scope; return {setting: new value} for
+    what it assigns, each of its default's type (lenient: skipping names that are not settings)."""
     try:
         with open(path, encoding='utf-8') as f:
             source = f.read()
@@ -119,6 +119,7 @@ def _run_config(path, namespace, settings, nullable, lenient):
         targets = node.targets if isinstance(node, ast.Assign) else \
             [node.target] if isinstance(node, (ast.AnnAssign, ast.AugAssign)) else []
         assigned += [t.id for t in targets if isinstance(t, ast.Name)]
+    settings = list(defaults)
     scope = {name: namespace[name] for name in settings}
     try:
         exec(compile(tree, path, 'exec'), scope)
@@ -133,7 +134,7 @@ def _run_config(path, namespace, settings, nullable, lenient):
         if name not in settings:
             close = difflib.get_close_matches(name, settings, n=1, cutoff=0.6)
             fail(f"{path} sets unknown setting {name}" + (f" (did you mean {close[0]}?)" if close else ''))
-        updates[name] = _coerce(name, scope[name], namespace[name], nullable)
+        updates[name] = _coerce(name, scope[name], defaults[name], nullable)
     return updates
 
 
@@ -150,6 +151,7 @@ def configure(namespace, argv=None, nullable=(), echo=sys.stdout, lenient_files=
     """
     argv = sys.argv[1:] if argv is None else argv
     settings = [k for k, v in namespace.items() if not k.startswith('_') and isinstance(v, SIMPLE_TYPES)]
+    defaults = {k: namespace[k] for k in settings}  # each override is checked against these, not the last one
     wants_help = any(arg in ('-h', '--help') for arg in argv)
     explicit, report = [], []
     for arg in argv:
@@ -165,13 +167,13 @@ def configure(namespace, argv=None, nullable=(), echo=sys.stdout, lenient_files=
                 value = ast.literal_eval(raw)
             except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
                 value = raw
-            updates = {key: _coerce(key, value, namespace[key], nullable, raw)}
+            updates = {key: _coerce(key, value, defaults[key], nullable, raw)}
             source = 'command line'
         elif '=' in arg and not os.path.exists(arg):
             fail(f"{arg} is not a config file; settings are written --{arg}")
         else:
             arg = _find_config(arg, namespace)
-            updates = _run_config(arg, namespace, settings, nullable, lenient_files)
+            updates = _run_config(arg, namespace, defaults, nullable, lenient_files)
             source = arg
         if report and report[-1][0] == source == 'command line':
             report[-1][1].update(updates)

@@ -30,6 +30,13 @@ def test_values_are_literals_or_strings_and_later_ones_win(tmp_path):
     assert config['max_iters'] == 7 and explicit == {'max_iters', 'out_dir', 'learning_rate', 'decay_lr', 'compile'}
 
 
+def test_a_setting_given_twice_is_checked_against_its_default():
+    # an 'auto' setting set to False (a config file, say) still takes 'auto' again after it
+    ns = settings()
+    configure(ns, ['--compile=False', '--compile=auto'])
+    assert ns['compile'] == 'auto'
+
+
 def test_int_for_float_and_spelled_bools_are_fine():
     ns = settings()
     configure(ns, ['--learning_rate=1', '--decay_lr=True'])

@@ -39,10 +39,11 @@ def _bpe_available():
 needs_bpe = pytest.mark.skipif(not _bpe_available(), reason="GPT-2 BPE files: neither ../shared/data/tiktoken_cache "
                                                              "nor network to download them")
 
-# a model of a few thousand parameters that trains in seconds on a CPU
+# a model of a few thousand parameters that trains in seconds on a CPU; plain linears, as onednn='auto'
+# picks for one this small, without the half second of timing both (tests/test_onednn.py times them)
 TINY_MODEL = ['--n_layer=2', '--n_head=2', '--n_embd=16', '--block_size=16', '--batch_size=4',
               '--gradient_accumulation_steps=1', '--device=cpu', '--compile=False', '--dropout=0.0',
-              '--bias=False', '--eval_iters=2', '--learning_rate=3e-3', '--warmup_iters=2']
+              '--bias=False', '--eval_iters=2', '--learning_rate=3e-3', '--warmup_iters=2', '--onednn=False']
 
 
 def sample_text(n_chars=30_000):

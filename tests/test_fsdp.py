@@ -11,7 +11,7 @@ from conftest import REPO, TINY_MODEL, assert_one_line_error, run_torchrun, trai
 
 # 2 micro-steps per rank (gradients accumulate unreduced between them), and a clip low enough to
 # act on every step, so that the norm over all shards is what decides each update
-RUN = ['--dataset=tiny', *TINY_MODEL, '--gradient_accumulation_steps=4', '--grad_clip=0.1', '--onednn=False',
+RUN = ['--dataset=tiny', *TINY_MODEL, '--gradient_accumulation_steps=4', '--grad_clip=0.1',
        '--log_interval=1', '--eval_interval=10', '--always_save_checkpoint=True']
 
 

@@ -25,7 +25,7 @@ def test_with_every_new_setting_off_training_is_bit_identical_to_before(run, tmp
     if archive.returncode:
         pytest.skip(f"the repo's history (commit {BEFORE_THE_MODERN_RECIPE}) is not in this checkout")
     subprocess.run(['tar', '-x', '-C', str(old)], input=archive.stdout, check=True)
-    args = ['--dataset=tiny', *TINY_MODEL, '--max_iters=50', '--eval_interval=50', '--onednn=False']
+    args = ['--dataset=tiny', *TINY_MODEL, '--max_iters=50', '--eval_interval=50']
     subprocess.run([sys.executable, str(old / 'train.py'), *args, '--out_dir=before'], cwd=tmp_path,
                    capture_output=True, timeout=120, env=_env(), check=True)
     run('train.py', *args, '--out_dir=now')

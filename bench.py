@@ -20,12 +20,7 @@ import time
 import numpy as np
 import torch
 
-import checkpoints
-import data_files
-import errors
-import optimizers
-import report
-import runtime
+from nanogpt import checkpoints, data, optimizers, report, runtime
 from configurator import configure
 from model import GPT, MODERN_DEFAULTS, GPTConfig, KVCache, StaticKVCache
 
@@ -73,19 +68,19 @@ onednn = 'auto'  # CPU, float32: Linear layers in oneDNN (see train.py)
 config, _ = configure(globals(), lenient_files=True)
 
 if mode == 'generate' and compile == 'auto':
-    compile = False  # as sample.py's default; --compile=True adds sample.py's compiled one-token step (BENCHMARKS.md)
+    compile = False  # as sample.py's default; --compile=True adds sample.py's compiled one-token step (benchmarks/README.md)
 rt = runtime.setup_runtime(device, dtype, compile, seed=seed, onednn=onednn)
 if real_data:
     data_dir = os.path.join('data', dataset)
-    meta = data_files.check_dataset(data_dir, dataset)
-    train_path = data_files.dataset_paths(data_dir)['train']
+    meta = data.check_dataset(data_dir, dataset)
+    train_path = data.dataset_paths(data_dir)['train']
     vocab_size = vocab_size or (meta['vocab_size'] if meta else 50304)
 vocab_size = vocab_size or 50304
 try:
     model = GPT(GPTConfig(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, bias=bias,
                           vocab_size=vocab_size, dropout=dropout, **{k: config[k] for k in MODERN_DEFAULTS}))
 except ValueError as e:
-    errors.fail(str(e))
+    report.fail(str(e))
 runtime.place_model(model, rt, rows=batch_size * block_size if mode == 'train' else 1, backward=mode == 'train')
 forward = torch.compile(model) if rt.compile else model
 
@@ -125,7 +120,7 @@ if mode == 'train':
         if not real_data:
             return fixed[:, :-1], fixed[:, 1:]
         starts = np.random.randint(0, os.path.getsize(train_path) // 2 - block_size, batch_size)
-        tokens = data_files.load_blocks(train_path, starts, block_size, rt)
+        tokens = data.load_blocks(train_path, starts, block_size, rt)
         return tokens[:, :-1], tokens[:, 1:]
 
     def train_step():
@@ -227,7 +222,7 @@ elif mode == 'generate':
               f"the eager KV cache, after {compile_s:.1f} s compiling; same tokens: {record['compiled_same_tokens']}, "
               f"logits within {compiled_gap:.2g}; {runtime.describe_compile()}")
 else:
-    errors.fail(f"unknown mode {mode!r}; use 'train' or 'generate'")
+    report.fail(f"unknown mode {mode!r}; use 'train' or 'generate'")
 
 with open(results_file, 'a') as f:
     f.write(json.dumps(record) + '\n')

@@ -18,7 +18,7 @@ import os
 import sys
 import tokenize
 
-from errors import fail
+from nanogpt.report import fail
 
 SIMPLE_TYPES = (bool, int, float, str, type(None))
 

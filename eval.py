@@ -9,7 +9,7 @@ $ torchrun --standalone --nproc_per_node=8 eval.py --init_from=gpt2-xl   # split
 
 Prints a table and appends one JSON line per number to results_file (model, task, metric, value,
 examples, seconds, ...). HellaSwag is scored completion-style as build-nanogpt and llm.c do
-(evals.py says how), so its numbers compare with theirs and with OpenAI's GPT-2 (124M: acc 0.2859,
+(nanogpt/evals.py says how), so its numbers compare with theirs and with OpenAI's GPT-2 (124M: acc 0.2859,
 acc_norm 0.2955; 1558M: 0.3842 / 0.4893). Bits per byte compare across tokenizers and datasets.
 """
 import json
@@ -18,11 +18,7 @@ import time
 
 import torch
 
-import checkpoints
-import errors
-import evals
-import parallel
-import runtime
+from nanogpt import checkpoints, distributed, evals, report, runtime
 from configurator import configure
 
 # -----------------------------------------------------------------------------
@@ -48,15 +44,15 @@ backend = 'auto'  # DDP backend under torchrun: nccl on CUDA, gloo on the CPU
 configure(globals())
 
 if batch_size < 1 or max_examples < 0 or max_tokens < 0 or stride < 0:
-    errors.fail("--batch_size must be at least 1, and --max_examples, --max_tokens and --stride at least 0")
+    report.fail("--batch_size must be at least 1, and --max_examples, --max_tokens and --stride at least 0")
 if hellaswag not in (True, False, 'auto'):
-    errors.fail(f"--hellaswag takes auto, True or False, not {hellaswag!r}")
+    report.fail(f"--hellaswag takes auto, True or False, not {hellaswag!r}")
 rt = runtime.setup_runtime(device, dtype, compile, backend, seed, onednn)
 model, meta, model_name = checkpoints.inference_model(init_from, out_dir)
 vocab_size, block_size = model.config.vocab_size, model.config.block_size
 run_hellaswag = hellaswag is True or (hellaswag == 'auto' and evals.is_bpe(meta, vocab_size))
 if not (run_hellaswag or text_file or dataset):
-    errors.fail("nothing to evaluate: HellaSwag needs a model with GPT-2's BPE vocabulary; give --text_file=PATH "
+    report.fail("nothing to evaluate: HellaSwag needs a model with GPT-2's BPE vocabulary; give --text_file=PATH "
                 "or --dataset=NAME for loss and bits per byte")
 # the data first, so that a mistake in it shows before the model is placed and timed
 examples = evals.load_hellaswag(hellaswag_file, rt, meta, vocab_size, max_examples) if run_hellaswag else None
@@ -120,4 +116,4 @@ if rt.master:
               (f"; per-example losses in {details_file}" if details_file else ''))
     if rt.compile:  # a recompile per batch shape would cost more than compiling saves
         print(runtime.describe_compile(), file=sys.stderr)
-parallel.leave_group(rt)
+distributed.leave_group(rt)

@@ -15,9 +15,7 @@ import pickle
 
 import torch
 
-import checkpoints
-import errors
-import report
+from nanogpt import checkpoints, report
 from configurator import configure
 from model import HF_TRANSPOSED
 
@@ -30,12 +28,12 @@ ckpt_path = os.path.join(out_dir, checkpoints.CKPT_NAME)
 checkpoint = checkpoints.load_checkpoint(ckpt_path)
 model = checkpoints.model_from_checkpoint(checkpoint, ckpt_path)
 if not model.config.is_classic():
-    errors.fail(f"{ckpt_path} is a modern-recipe model ({report.describe_choices(model.config)}), which Hugging Face's GPT2LMHeadModel cannot "
+    report.fail(f"{ckpt_path} is a modern-recipe model ({report.describe_choices(model.config)}), which Hugging Face's GPT2LMHeadModel cannot "
                 f"express; sample it with sample.py")
 try:
     from transformers import GPT2Config, GPT2LMHeadModel
 except ImportError:
-    errors.fail("exporting needs transformers: pip install transformers")
+    report.fail("exporting needs transformers: pip install transformers")
 
 c = model.config
 eot = 50256  # GPT-2's <|endoftext|>, only meaningful with its vocabulary

@@ -99,26 +99,6 @@ def rotate_pairs(x, cos, sin):
     return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).type_as(x)
 
 
-class Rotary(torch.autograd.Function):
-    """Rotary embedding with its own backward: a rotation's gradient is the gradient turned back
-    by the same angle, the forward's seven small kernels again, where autograd's chain through the
-    halves, products and concatenation takes about twice as many (a small model's CPU step waits
-    on such kernels; BENCHMARKS.md)."""
-
-    @staticmethod
-    def forward(ctx, x, cos, sin):
-        ctx.save_for_backward(cos, sin)
-        return rotate_pairs(x, cos, sin)
-
-    @staticmethod
-    def backward(ctx, grad):
-        cos, sin = ctx.saved_tensors
-        return rotate_pairs(grad, cos, -sin), None, None
-
-
-apply_rotary = Rotary.apply
-
-
 class KVCache:
     """Keys and values of the tokens one attention layer has seen, for generating a token at a time."""
 
@@ -191,7 +171,7 @@ class CausalSelfAttention(nn.Module):
         if self.qk_norm:
             q, k = F.rms_norm(q, (q.size(-1),), eps=1e-6), F.rms_norm(k, (k.size(-1),), eps=1e-6)
         if rotary is not None:  # keys are cached already rotated: each by its own position
-            q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
+            q, k = rotate_pairs(q, *rotary), rotate_pairs(k, *rotary)
         visible = None  # which keys each query may see, where a static cache says so
         if kv_cache is not None:
             k, v, visible = kv_cache.append(k, v)
@@ -215,25 +195,9 @@ class CausalSelfAttention(nn.Module):
         return self.resid_dropout(self.c_proj(y))
 
 
-class ReLUSquaredFunction(torch.autograd.Function):
-    """relu(x)^2 with its own backward, 2 * relu(x) * grad: two kernels where autograd's chain
-    through the square and the ReLU takes four."""
-
-    @staticmethod
-    def forward(ctx, x):
-        positive = F.relu(x)
-        ctx.save_for_backward(positive)
-        return positive * positive
-
-    @staticmethod
-    def backward(ctx, grad):
-        positive, = ctx.saved_tensors
-        return torch.mul(grad, positive).mul_(2)
-
-
 class ReLUSquared(nn.Module):
     def forward(self, x):
-        return ReLUSquaredFunction.apply(x)
+        return F.relu(x).square()
 
 
 class MLP(nn.Module):

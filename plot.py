@@ -12,8 +12,7 @@ Needs matplotlib (pip install matplotlib), which nothing else in the repo does.
 import json
 import os
 
-import errors
-import report
+from nanogpt import report
 from configurator import configure
 
 out_dir = 'out'  # the run to plot; several, comma-separated, share one plot
@@ -26,7 +25,7 @@ try:
     matplotlib.use('Agg')  # files only, no display needed
     import matplotlib.pyplot as plt
 except ImportError:
-    errors.fail("plotting needs matplotlib: pip install matplotlib")
+    report.fail("plotting needs matplotlib: pip install matplotlib")
 
 runs = [d for d in out_dir.split(',') if d]
 run_events = []
@@ -35,9 +34,9 @@ for run in runs:
     try:
         run_events.append(report.read_metrics(run))
     except (OSError, json.JSONDecodeError) as e:
-        errors.fail(f"cannot read {path} ({type(e).__name__}): train.py writes it, so train first or fix --out_dir")
+        report.fail(f"cannot read {path} ({type(e).__name__}): train.py writes it, so train first or fix --out_dir")
     if not run_events[-1]:
-        errors.fail(f"{path} is empty: the run has logged nothing yet")
+        report.fail(f"{path} is empty: the run has logged nothing yet")
 with_hellaswag = any(e['event'] == 'hellaswag' for events in run_events for e in events)
 if with_hellaswag:
     fig, (ax, hs_ax) = plt.subplots(2, 1, figsize=(9, 8), sharex=True, gridspec_kw=dict(height_ratios=(3, 2)))

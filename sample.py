@@ -13,10 +13,7 @@ import sys
 
 import torch
 
-import checkpoints
-import errors
-import runtime
-import tokenizer
+from nanogpt import checkpoints, data, report, runtime
 from configurator import configure
 
 # -----------------------------------------------------------------------------
@@ -32,42 +29,42 @@ slide_to = 0  # past block_size keep the last slide_to tokens: 0 is block_size//
 seed = 1337
 device = 'auto'  # 'auto' (cuda, then mps, then cpu), 'cpu', 'cuda', 'cuda:1', 'mps'
 dtype = 'auto'  # 'auto' (bfloat16 on CUDA where supported, else float16; float32 elsewhere), 'float32', 'bfloat16', 'float16'
-compile = False  # torch.compile the KV cache's one-token step over a fixed-size cache: it compiles once (BENCHMARKS.md)
+compile = False  # torch.compile the KV cache's one-token step over a fixed-size cache: compiled once (benchmarks/README.md)
 onednn = 'auto'  # CPU, float32: Linear layers in oneDNN (see train.py)
 # -----------------------------------------------------------------------------
 configure(globals(), nullable={'top_k'}, echo=None)  # stdout is for the samples alone
 
 if temperature <= 0:
-    errors.fail(f"--temperature must be greater than 0, not {temperature}")
+    report.fail(f"--temperature must be greater than 0, not {temperature}")
 if top_k is not None and top_k < 1:
-    errors.fail(f"--top_k must be at least 1 (or None for no limit), not {top_k}")
+    report.fail(f"--top_k must be at least 1 (or None for no limit), not {top_k}")
 if num_samples < 1 or max_new_tokens < 0:
-    errors.fail("--num_samples must be at least 1 and --max_new_tokens at least 0")
+    report.fail("--num_samples must be at least 1 and --max_new_tokens at least 0")
 if start.startswith('FILE:'):
     try:
         with open(start[5:], encoding='utf-8') as f:
             start = f.read()
     except (OSError, UnicodeDecodeError) as e:
-        errors.fail(f"cannot read the prompt file {start[5:]} ({e.strerror if isinstance(e, OSError) else e})")
+        report.fail(f"cannot read the prompt file {start[5:]} ({e.strerror if isinstance(e, OSError) else e})")
 rt = runtime.setup_runtime(device, dtype, compile, seed=seed, onednn=onednn)
 if rt.compile and not kv_cache:
-    errors.fail("compile compiles the KV cache's one-token step; use --kv_cache=True, or --compile=False")
+    report.fail("compile compiles the KV cache's one-token step; use --kv_cache=True, or --compile=False")
 
 model, meta, _ = checkpoints.inference_model(init_from, out_dir)  # meta: a character vocabulary, or None
-encode, decode = tokenizer.load_tokenizer(meta)
+encode, decode = data.load_tokenizer(meta)
 
 model.eval()
 runtime.place_model(model, rt, rows=num_samples, backward=False)  # generation: a few rows, forward only
 
 start_ids = encode(start)
 if not start_ids:
-    errors.fail("the prompt is empty; give at least one token with --start")
+    report.fail("the prompt is empty; give at least one token with --start")
 x = torch.tensor(start_ids, dtype=torch.long, device=rt.device)[None, ...]
 sampling = dict(temperature=temperature, top_k=top_k, use_cache=kv_cache, slide_to=slide_to or model.config.block_size // 2,
                 decode_step=torch.compile(model) if rt.compile else None)
 with torch.no_grad(), rt.autocast:
     if num_samples == 1:  # one sample: print it as it is written
-        stream = tokenizer.TextStream(decode, start_ids)
+        stream = data.TextStream(decode, start_ids)
         model.generate(x, max_new_tokens, on_token=lambda token: stream.push(token.item()), **sampling)
         print('\n---------------')
     else:  # several: all at once, as one batch, then each followed by the original's separator line

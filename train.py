@@ -1,16 +1,10 @@
 """
 Train a GPT. One plain loop, top to bottom; settings are the globals below.
 
-One process (picks a CUDA GPU, then Apple's MPS, then the CPU):
-$ python train.py config/train_shakespeare_char.py
-$ python train.py config/train_shakespeare_char_cpu.py     # laptop recipe: minutes on a CPU
-$ python train.py config/train_shakespeare_char.py --batch_size=32 --compile=False
-
-DDP with torchrun, on 4 GPUs of one machine (or 4 CPU processes with --device=cpu):
-$ torchrun --standalone --nproc_per_node=4 train.py config/train_gpt2.py
-Across 2 machines, run this on each with its own --node_rank (0 is the master):
-$ torchrun --nnodes=2 --node_rank=0 --nproc_per_node=8 --master_addr=10.0.0.1 --master_port=1234 train.py
-FSDP instead of DDP (weights, gradients and optimizer state sharded across the processes): add --fsdp=True
+$ python train.py config/train_shakespeare_char.py          # one process: a CUDA GPU, else MPS, else the CPU
+$ python train.py config/train_shakespeare_char_cpu.py --max_iters=500   # the laptop recipe, shortened
+$ torchrun --standalone --nproc_per_node=4 train.py config/train_gpt2.py   # DDP; FSDP: add --fsdp=True
+More machines, and everything else: docs/training.md, docs/distributed.md, docs/settings.md
 """
 import gc
 import math
@@ -22,15 +16,7 @@ from contextlib import nullcontext
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-import checkpoints
-import data_files
-import errors
-import evals
-import optimizers
-import parallel
-import report
-import runtime
-import sharding
+from nanogpt import checkpoints, data, distributed, evals, optimizers, report, runtime
 from configurator import configure
 from model import GPT, MODERN_DEFAULTS, GPTConfig
 
@@ -45,7 +31,8 @@ eval_only = False  # evaluate once and exit
 always_save_checkpoint = True  # save after every eval, not only when val loss improves
 hellaswag_interval = 0  # HellaSwag accuracy (GPT-2 BPE models) every this many iterations; 0 = never
 hellaswag_file = ''  # '' means data/hellaswag/hellaswag_val.jsonl, downloaded once
-init_from = 'scratch'  # 'scratch', 'resume' (from out_dir), 'gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl', or a Hugging Face folder
+# 'scratch', 'resume' (from out_dir), 'gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl', or a Hugging Face folder
+init_from = 'scratch'
 # wandb logging
 wandb_log = False  # log to Weights & Biases (WANDB_MODE=offline works without network)
 wandb_project = 'owt'
@@ -61,7 +48,7 @@ n_head = 12
 n_embd = 768
 dropout = 0.0  # 0 for pretraining; try 0.1+ for finetuning
 bias = False  # biases inside LayerNorm and Linear layers
-# the modern recipe, each choice on its own (config/modern.py turns on the measured best set; README)
+# the modern recipe, each choice on its own (config/modern.py turns on the measured best set; docs/modern.md)
 rotary = False  # rotary position embeddings instead of learned ones
 norm = 'layernorm'  # 'rmsnorm' (with a gain) or 'rmsnorm_free' (without)
 qk_norm = False  # RMS-normalise queries and keys per head
@@ -89,30 +76,31 @@ lr_decay_iters = 600000  # ~= max_iters per Chinchilla
 min_lr = 6e-5  # ~= learning_rate/10 per Chinchilla
 # system
 backend = 'auto'  # DDP backend: 'auto' is nccl on CUDA, gloo on CPU
-fsdp = False  # under torchrun, shard weights, gradients and AdamW state across the processes (FSDP2) instead of DDP
+fsdp = False  # under torchrun: shard weights, gradients and AdamW state across processes (FSDP2), not DDP
 device = 'auto'  # 'auto' (cuda, then mps, then cpu), 'cpu', 'cuda', 'cuda:1', 'mps'
-dtype = 'auto'  # 'auto' (bfloat16 on CUDA where supported, else float16; float32 elsewhere), 'float32', 'bfloat16', 'float16'
+dtype = 'auto'  # 'float32', 'bfloat16', 'float16'; auto: bfloat16 (else float16) on CUDA, float32 elsewhere
 compile = 'auto'  # torch.compile the model; 'auto' is on for CUDA only
 compile_scope = 'auto'  # 'model' (one graph) or 'blocks' (each block compiled); auto: blocks under torchrun
-onednn = 'auto'  # CPU, float32: Linear layers' matmuls in oneDNN; 'auto' times both on this machine and takes the faster
+onednn = 'auto'  # CPU, float32: Linear layers' matmuls in oneDNN; 'auto' times both here, takes the faster
 seed = 1337  # drives the init, the batches and dropout
 # -----------------------------------------------------------------------------
 config, explicit = configure(globals())
 # -----------------------------------------------------------------------------
 
-for name in ('batch_size', 'block_size', 'gradient_accumulation_steps', 'eval_interval', 'eval_iters', 'log_interval'):
+for name in ('batch_size', 'block_size', 'gradient_accumulation_steps', 'eval_interval', 'eval_iters',
+             'log_interval'):
     if config[name] < 1:
-        errors.fail(f"--{name} must be at least 1, not {config[name]}")
+        report.fail(f"--{name} must be at least 1, not {config[name]}")
 if max_iters < 0 or learning_rate < 0 or min_lr < 0 or warmup_iters < 0 or hellaswag_interval < 0:
-    errors.fail("max_iters, learning_rate, min_lr, warmup_iters and hellaswag_interval cannot be negative")
-sharding.check_fsdp_setting(fsdp, device, optimizer, onednn)
+    report.fail("max_iters, learning_rate, min_lr, warmup_iters and hellaswag_interval cannot be negative")
+distributed.check_fsdp_setting(fsdp, device, optimizer, onednn)
 if fsdp and hellaswag_interval:  # each rank scores its own share, but FSDP's forward needs every rank at once
-    errors.fail("hellaswag_interval does not run under --fsdp=True yet; score the checkpoints with eval.py instead")
+    report.fail("hellaswag_interval does not run under --fsdp=True yet; score the checkpoints with eval.py")
 # oneDNN's linear op is not tried on FSDP's sharded weights
 rt = runtime.setup_runtime(device, dtype, compile, backend, seed, False if fsdp else onednn)
 compile_scope = runtime.resolve_compile_scope(compile_scope, rt.compile, fsdp, rt.world_size)
 if gradient_accumulation_steps % rt.world_size:
-    errors.fail(f"gradient_accumulation_steps ({gradient_accumulation_steps}) must be divisible by the "
+    report.fail(f"gradient_accumulation_steps ({gradient_accumulation_steps}) must be divisible by the "
                 f"number of {'FSDP' if fsdp else 'DDP'} processes ({rt.world_size}); change one of them")
 gradient_accumulation_steps //= rt.world_size  # each rank does its share of the micro-steps
 ckpt_path = os.path.join(out_dir, checkpoints.CKPT_NAME)
@@ -121,8 +109,8 @@ if rt.master:
     checkpoints.lock_out_dir(out_dir)  # a second run into this out_dir is refused until this one exits
 
 data_dir = os.path.join('data', dataset)
-meta = data_files.check_dataset(data_dir, dataset)
-bin_paths = data_files.dataset_paths(data_dir)
+meta = data.check_dataset(data_dir, dataset)
+bin_paths = data.dataset_paths(data_dir)
 
 # model: from scratch, or resumed from a checkpoint in out_dir
 iter_num, best_val_loss, checkpoint = 0, float('inf'), None
@@ -133,69 +121,52 @@ if init_from == 'scratch':
     try:
         model = GPT(GPTConfig(**model_args))
     except ValueError as e:
-        errors.fail(str(e))
+        report.fail(str(e))
 elif init_from == 'resume':
     resume_path = checkpoints.latest_checkpoint(out_dir)  # last.pt if a stopped run got further than ckpt.pt
     # under FSDP every rank reads the whole checkpoint: memory-mapped on the CPU, shared by the ranks
     checkpoint = checkpoints.load_checkpoint(resume_path, 'cpu' if fsdp else rt.device, mmap=fsdp)
     model = checkpoints.model_from_checkpoint(checkpoint, resume_path, dropout=dropout)
-    for k in checkpoints.MODEL_SHAPE_KEYS:
-        if k in explicit and config[k] != getattr(model.config, k):
-            errors.fail(f"cannot resume with {k}={config[k]}: the checkpoint in {out_dir} has "
-                        f"{k}={getattr(model.config, k)}; drop --{k} or start a new run in another out_dir")
+    checkpoints.check_overrides(model, config, explicit, out_dir=out_dir)
     iter_num, best_val_loss = checkpoint['iter_num'], float(checkpoint['best_val_loss'])
-    changed = [f"{k} {v!r} -> {config[k]!r}" for k, v in checkpoint.get('config', {}).items()
-               if k in config and k != 'init_from' and v != config[k]]
-    if changed and rt.master:
+    if (changed := checkpoints.changed_settings(checkpoint, config)) and rt.master:
         print(f"settings changed since the checkpoint: {', '.join(changed)}")
 elif checkpoints.is_pretrained(init_from):  # OpenAI's GPT-2 weights, or a Hugging Face GPT-2 folder
     model = checkpoints.pretrained_model(init_from, dropout)
-    for k in checkpoints.MODEL_SHAPE_KEYS:
-        if k in explicit and config[k] != getattr(model.config, k) and k != 'block_size':
-            errors.fail(f"{init_from} has {k}={getattr(model.config, k)}, not {config[k]}; drop --{k}")
+    checkpoints.check_overrides(model, config, explicit, pretrained=init_from)
 else:
-    errors.fail(f"unknown init_from {init_from!r}; use 'scratch', 'resume', a GPT-2 name or a Hugging Face folder")
+    report.fail(f"unknown init_from {init_from!r}; use 'scratch', 'resume', a GPT-2 name or a GPT-2 folder")
 if init_from != 'scratch' and ('block_size' not in explicit or init_from == 'resume'):
     block_size = model.config.block_size
 if block_size > model.config.block_size:
-    errors.fail(f"block_size {block_size} is larger than the model's {model.config.block_size}")
+    report.fail(f"block_size {block_size} is larger than the model's {model.config.block_size}")
 if block_size < model.config.block_size:  # e.g. finetuning GPT-2 on shorter blocks
     model.crop_block_size(block_size)
 model_args = checkpoints.model_args_of(model.config)  # what the checkpoint's model really is
 config.update({k: getattr(model.config, k) for k in checkpoints.MODEL_SHAPE_KEYS})
 vocab_size = model.config.vocab_size
 if meta and meta['vocab_size'] != vocab_size:
-    errors.fail(f"the model's vocabulary ({vocab_size} tokens) differs from {data_dir}/meta.pkl "
+    report.fail(f"the model's vocabulary ({vocab_size} tokens) differs from {data_dir}/meta.pkl "
                 f"({meta['vocab_size']}); train on the dataset the checkpoint was made for")
-unscanned_splits = data_files.check_bins(bin_paths, block_size, vocab_size)  # too big to scan: checked per batch
+unscanned_splits = data.check_bins(bin_paths, block_size, vocab_size)  # too big to scan: checked per batch
 hellaswag = evals.load_hellaswag(hellaswag_file, rt, meta, vocab_size) if hellaswag_interval else None
 tokens_per_iter = gradient_accumulation_steps * rt.world_size * batch_size * block_size
 if fsdp:  # block by block onto the device, sharded: no rank ever holds the whole model there
-    sharding.shard(model, rt)
+    distributed.shard(model, rt)
 # 'auto' keeps a resumed run's choice (an exact resume)
-runtime.place_model(model, rt, rows=batch_size * block_size, onednn_choice=checkpoint and checkpoint.get('onednn'))
+runtime.place_model(model, rt, batch_size * block_size, onednn_choice=checkpoint and checkpoint.get('onednn'))
 
 scaler = torch.amp.GradScaler(rt.device_type, enabled=rt.dtype == 'float16')  # no-op unless float16
-optimizer = optimizers.configure(model, optimizer, weight_decay, learning_rate, (beta1, beta2), rt.device_type,
-                                 muon_learning_rate, muon_momentum, muon_weight_decay, muon_ns_steps)
+optimizer = optimizers.configure(model, optimizer, weight_decay, learning_rate, (beta1, beta2),
+                                 rt.device_type, muon_learning_rate, muon_momentum, muon_weight_decay,
+                                 muon_ns_steps)
 if checkpoint is not None:
-    try:
-        if fsdp:
-            sharding.load_optimizer_state(model, optimizer, checkpoint['optimizer'])
-        else:
-            optimizer.load_state_dict(checkpoint['optimizer'])
-    except (KeyError, ValueError, TypeError):
-        errors.fail(f"the checkpoint's optimizer state is not {config['optimizer']}'s; resume with --optimizer="
-                    f"{checkpoint.get('config', {}).get('optimizer', 'adamw')}, the optimizer it was trained with")
-    if checkpoint.get('scaler'):  # empty unless the checkpoint was trained in float16
-        scaler.load_state_dict(checkpoint['scaler'])
+    checkpoints.load_training_state(checkpoint, model, optimizer, scaler, config['optimizer'], fsdp)
 raw_model = model
 if rt.ddp and not fsdp:
     model = DDP(model, device_ids=[rt.local_rank] if rt.device_type == 'cuda' else None)
 if rt.compile:
-    if rt.master:
-        print(f"compiling the {compile_scope} (takes a minute or so)...")
-    model = runtime.compile_model(raw_model, model, compile_scope)
+    model = runtime.compile_model(raw_model, model, compile_scope, say=rt.master)
 
 
 # data: random blocks of block_size + 1 tokens from the memory-mapped .bin files
@@ -208,8 +179,8 @@ def get_batch(split, sample_seed):
     batch_generator.manual_seed(hash((seed, rt.rank) + sample_seed) % 2**63)
     n_tokens = os.path.getsize(bin_paths[split]) // 2
     starts = torch.randint(n_tokens - block_size, (batch_size,), generator=batch_generator).numpy()
-    tokens = data_files.load_blocks(bin_paths[split], starts, block_size, rt,
-                                    vocab_size if split in unscanned_splits else None)
+    tokens = data.load_blocks(bin_paths[split], starts, block_size, rt,
+                              vocab_size if split in unscanned_splits else None)
     return tokens[:, :-1], tokens[:, 1:]
 
 
@@ -228,7 +199,7 @@ def estimate_loss():
             with rt.autocast:
                 _, loss = model(X, Y)
             losses[k] = loss
-        out[split] = parallel.all_ranks_mean(float('nan') if stop.requested else losses.mean().item(), rt)
+        out[split] = distributed.all_ranks_mean(float('nan') if stop.requested else losses.mean().item(), rt)
     model.train()
     return out
 
@@ -236,7 +207,8 @@ def estimate_loss():
 def due(interval):
     """Whether an evaluation every interval iterations runs now: also at iteration 0 of a new run, at
     the end and with eval_only, but not again right after a resume."""
-    return eval_only or iter_num == max_iters or (iter_num % interval == 0 and (iter_num != start_iter or iter_num == 0))
+    return eval_only or iter_num == max_iters or \
+        (iter_num % interval == 0 and (iter_num != start_iter or iter_num == 0))
 
 
 def runs_left(interval):
@@ -260,55 +232,58 @@ def save(path):
     """Write a checkpoint (rank 0; every rank must call this, for the RNG states and FSDP's gathers).
     A failed write (a full disk) sets write_failed on every rank, to stop them all together."""
     global write_failed
-    if parallel.any_rank([not checkpoints.all_finite(raw_model)], rt)[0]:  # FSDP: each rank checks its shards
+    if distributed.any_rank([not checkpoints.all_finite(raw_model)], rt)[0]:  # FSDP: each rank its shards
         if rt.master:
             print(f"not saving {path}: the model has non-finite weights")
         return False
-    model_state, optimizer_state = sharding.full_state_dicts(raw_model, optimizer) if fsdp else \
+    model_state, optimizer_state = distributed.full_state_dicts(raw_model, optimizer) if fsdp else \
         (raw_model.state_dict(), optimizer.state_dict())
     checkpoint = {
         'model': model_state, 'optimizer': optimizer_state, 'model_args': model_args,
         'iter_num': iter_num, 'best_val_loss': best_val_loss, 'config': config,
-        'scaler': scaler.state_dict(), 'rng': parallel.gather_from_ranks(checkpoints.rng_state(), rt), 'meta': meta,
+        'scaler': scaler.state_dict(), 'meta': meta,
+        'rng': distributed.gather_from_ranks(checkpoints.rng_state(), rt),
         # beyond the original's model_args, which must stay loadable by it
         'model_extra_args': {'gelu_approximate': raw_model.config.gelu_approximate},
-        'wandb_run_id': wandb_run_id, 'onednn': rt.onednn,
+        'wandb_run_id': log.wandb_run_id, 'onednn': rt.onednn,
     }
-    write_failed = parallel.any_rank([rt.master and not checkpoints.save_checkpoint(checkpoint, path)], rt)[0]
+    failed_here = rt.master and not checkpoints.save_checkpoint(checkpoint, path)
+    write_failed = distributed.any_rank([failed_here], rt)[0]
     return not write_failed
 
 
 n_params = raw_model.get_num_params()
-peak_flops = runtime.peak_flops(rt.device, rt.dtype)  # for MFU: a GPU table, or this CPU's measured matmul rate
+peak_flops = runtime.peak_flops(rt.device, rt.dtype)  # for MFU: a GPU's table, or the CPU's measured rate
 run_info = dict(tokens_per_iter=tokens_per_iter, n_params=n_params, device=rt.device, dtype=rt.dtype,
                 world_size=rt.world_size, compile=rt.compile)
-metrics = report.MetricsLog(out_dir, resume_iter=iter_num if init_from == 'resume' else None) if rt.master else None
-wandb_run_id = checkpoint.get('wandb_run_id') if checkpoint else None
-if wandb_log and rt.master:
-    import wandb
-    # the run's id goes into checkpoints, so that a resumed training continues the same wandb run
-    wandb_run_id = wandb.init(project=wandb_project, name=wandb_run_name, config={**config, **run_info},
-                              id=wandb_run_id, resume='allow').id
+wandb_init = dict(project=wandb_project, name=wandb_run_name, config={**config, **run_info})
+log = report.RunLog(out_dir, iter_num if init_from == 'resume' else None, rt.master,
+                    checkpoint.get('wandb_run_id') if checkpoint else None, wandb_init if wandb_log else None)
 if checkpoint is not None and rt.rank < len(checkpoint.get('rng', [])):
     checkpoints.set_rng_state(checkpoint['rng'][rt.rank])  # last: everything above may draw random numbers
 checkpoint = None  # free the memory
 
-stop = parallel.GracefulStop()  # from here on Ctrl-C / SIGTERM: finish the step, save, exit
+stop = distributed.GracefulStop()  # from here on Ctrl-C / SIGTERM: finish the step, save, exit
 if rt.master:
-    processes = f"{rt.world_size} processes ({'FSDP' if fsdp else 'DDP'}, {rt.backend})" if rt.ddp else "1 process"
-    print(f"device {rt.device}, dtype {rt.dtype}, compile {rt.compile}, {processes}{runtime.describe_linears(rt)}")
-    print(f"model: {report.format_count(n_params)} parameters ({model_args['n_layer']} layers, {model_args['n_head']} "
-          f"heads, {model_args['n_embd']} wide, context {block_size}, vocabulary {vocab_size})"
-          + (f"; modern: {report.describe_choices(raw_model.config)}" if raw_model.config.modern_choices() else '')
-          + f"; optimizer: {config['optimizer']}")
+    processes = f"{rt.world_size} processes ({'FSDP' if fsdp else 'DDP'}, {rt.backend})" if rt.ddp else \
+        '1 process'
+    print(f"device {rt.device}, dtype {rt.dtype}, compile {rt.compile}, {processes}"
+          f"{runtime.describe_linears(rt)}")
+    modern = raw_model.config.modern_choices() and f"; modern: {report.describe_choices(raw_model.config)}"
+    shape = raw_model.config
+    print(f"model: {report.format_count(n_params)} parameters ({shape.n_layer} layers, {shape.n_head} heads, "
+          f"{shape.n_embd} wide, context {block_size}, vocabulary {vocab_size}){modern or ''}; "
+          f"optimizer: {config['optimizer']}")
     print(f"{tokens_per_iter:,} tokens per iteration ({batch_size} sequences x {block_size} tokens x "
-          f"{gradient_accumulation_steps * rt.world_size} micro-steps); {max_iters:,} iterations; out_dir {out_dir}")
+          f"{gradient_accumulation_steps * rt.world_size} micro-steps); {max_iters:,} iterations; "
+          f"out_dir {out_dir}")
     if init_from == 'resume':
         print(f"resuming from {resume_path} at iteration {iter_num} (best val loss {best_val_loss:.4f})")
-    n_evals = 1 if eval_only else (max_iters - iter_num) // eval_interval + 1
     if rt.device_type == 'cpu' and peak_flops:
+        eval_tokens = (1 if eval_only else (max_iters - iter_num) // eval_interval + 1) * 2 * eval_iters * \
+            batch_size * block_size * rt.world_size
         report.warn_if_slow_on_cpu(raw_model, tokens_per_iter, 0 if eval_only else max_iters - iter_num,
-                                   n_evals * 2 * eval_iters * batch_size * block_size * rt.world_size, peak_flops, dataset)
+                                   eval_tokens, peak_flops, dataset)
 
 # -----------------------------------------------------------------------------
 # the training loop. On a GPU it never waits for the device between log lines: the loss is read,
@@ -316,7 +291,8 @@ if rt.master:
 # also agree whether to stop. Between checks the GPU runs ahead of Python.
 X, Y = get_batch('train', (iter_num, 0))
 start_iter, run_start = iter_num, time.time()
-ms_per_iter, mfu, eval_seconds, hellaswag_seconds = None, None, 0.0, 0.0  # smoothed, for the ETA; the last evaluations' durations
+ms_per_iter, mfu = None, None  # smoothed, for the ETA
+eval_seconds, hellaswag_seconds = 0.0, 0.0  # the last evaluations' durations
 loss_finite = torch.ones((), dtype=torch.bool, device=rt.device)  # every loss since the last check was finite
 stopped = diverged = write_failed = False
 t0, t0_iter, last_check = time.time(), iter_num, iter_num
@@ -331,26 +307,23 @@ while True:
         if not math.isnan(losses['val']):  # NaN: cut short by a stop request
             improved = losses['val'] < best_val_loss
             best_val_loss = min(best_val_loss, losses['val'])
-            saved = iter_num > 0 and not eval_only and (improved or always_save_checkpoint) and save(ckpt_path)
-            if rt.master:
-                print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}, " +
-                      (f"saved {ckpt_path}" if saved else f"best {best_val_loss:.4f}, no checkpoint written"))
-                metrics.write(event='eval', iter=iter_num, train_loss=losses['train'], val_loss=losses['val'],
-                              best_val_loss=best_val_loss, lr=lr, saved=saved)
-                if wandb_log:
-                    wandb.log({'iter': iter_num, 'train/loss': losses['train'], 'val/loss': losses['val'],
-                               'lr': lr}, step=iter_num)
+            saved = iter_num > 0 and not eval_only and (improved or always_save_checkpoint) and \
+                save(ckpt_path)
+            train_loss, val_loss = losses['train'], losses['val']
+            outcome = f"saved {ckpt_path}" if saved else f"best {best_val_loss:.4f}, no checkpoint written"
+            log.event('eval', f"step {iter_num}: train loss {train_loss:.4f}, val loss {val_loss:.4f}, "
+                              f"{outcome}",
+                      iter=iter_num, train_loss=train_loss, val_loss=val_loss, best_val_loss=best_val_loss,
+                      lr=lr, saved=saved, wandb={'train/loss': train_loss, 'val/loss': val_loss, 'lr': lr})
         eval_seconds = time.time() - t0
         t0, t0_iter = time.time(), iter_num  # evaluation time is not training time
     if hellaswag and due(hellaswag_interval) and not write_failed:  # every rank scores its share
         scores = evals.hellaswag(raw_model, hellaswag, rt, batch_size)
-        if rt.master:
-            print(f"step {iter_num}: hellaswag acc_norm {scores['acc_norm']:.4f}, acc {scores['acc']:.4f} "
-                  f"({scores['examples']:,} examples, {scores['seconds']:.1f} s)")
-            metrics.write(event='hellaswag', iter=iter_num, **{k: scores[k] for k in ('acc', 'acc_norm', 'examples', 'seconds')})
-            if wandb_log:
-                wandb.log({'iter': iter_num, 'hellaswag/acc': scores['acc'], 'hellaswag/acc_norm': scores['acc_norm']},
-                          step=iter_num)
+        log.event('hellaswag', f"step {iter_num}: hellaswag acc_norm {scores['acc_norm']:.4f}, "
+                  f"acc {scores['acc']:.4f} ({scores['examples']:,} examples, {scores['seconds']:.1f} s)",
+                  iter=iter_num,
+                  **{k: scores[k] for k in ('acc', 'acc_norm', 'examples', 'seconds')},
+                  wandb={'hellaswag/acc': scores['acc'], 'hellaswag/acc_norm': scores['acc_norm']})
         hellaswag_seconds = scores['seconds']
         t0 += hellaswag_seconds  # not training time either
     if eval_only or write_failed:
@@ -392,68 +365,58 @@ while True:
     if not (logging or iter_num % eval_interval == 0 or iter_num >= max_iters):
         continue
     # a check: the only point between evaluations where the host waits for the device
-    stop_anywhere, diverged = parallel.any_rank([stop.requested is not None, ~loss_finite], rt)
+    stop_anywhere, diverged = distributed.any_rank([stop.requested is not None, ~loss_finite], rt)
     stopped = stopped or stop_anywhere
     if diverged:  # every rank sees it at the same check, so all stop together
         if rt.master:
-            good = f"{ckpt_path} (iteration {checkpoints.checkpoint_iter(ckpt_path)})" \
-                if os.path.exists(ckpt_path) else "none was written"
             when = f"at iteration {iter_num}" if last_check + 1 == iter_num else \
                 f"between iterations {last_check + 1} and {iter_num}"
-            print(f"train.py: the loss became non-finite {when}; "
-                  f"stopping without saving. Last good checkpoint: {good}. Lower --learning_rate or check the "
-                  f"data, then resume from it", file=sys.stderr, flush=True)
+            print(f"train.py: the loss became non-finite {when}; stopping without saving. Last good "
+                  f"checkpoint: {checkpoints.describe(ckpt_path)}. Lower --learning_rate or check the data, "
+                  f"then resume from it", file=sys.stderr, flush=True)
         break
     last_check = iter_num
     if logging and rt.master:
         lossf = loss.item() * gradient_accumulation_steps  # the last micro-batch's loss
         t1 = time.time()
-        dt, t0, t0_iter = (t1 - t0) / (iter_num - t0_iter), t1, iter_num  # per iteration since the last log line
-        if iter_num - start_iter > log_interval:  # the first stretch pays for warm-up (and compiling): leave it out
+        dt, t0, t0_iter = (t1 - t0) / (iter_num - t0_iter), t1, iter_num  # per iteration since the last line
+        if iter_num - start_iter > log_interval:  # the first stretch pays for warm-up (and compiling)
             ms_per_iter = dt * 1000 if ms_per_iter is None else 0.9 * ms_per_iter + 0.1 * dt * 1000
             step_mfu = raw_model.estimate_mfu(batch_size * gradient_accumulation_steps, dt, peak_flops) \
                 if peak_flops else None
             mfu = step_mfu if mfu is None or step_mfu is None else 0.9 * mfu + 0.1 * step_mfu
-        eta = (max_iters - iter_num) * (ms_per_iter or dt * 1000) / 1000 + runs_left(eval_interval) * eval_seconds
-        if hellaswag:
-            eta += runs_left(hellaswag_interval) * hellaswag_seconds
-        print(f"iter {iter_num}/{max_iters}: loss {lossf:.4f}, lr {lr:.3e}, {dt * 1000:.1f} ms/iter, "
-              f"{tokens_per_iter / dt:,.0f} tok/s" + (f", mfu {mfu * 100:.1f}%" if mfu else '')
-              + f", eta {report.format_duration(eta)}")
-        metrics.write(event='train', iter=iter_num, loss=lossf, lr=lr, ms_per_iter=dt * 1000,
-                      tokens_per_s=tokens_per_iter / dt, mfu=mfu)
-        if wandb_log:
-            wandb.log({'iter': iter_num, 'loss': lossf, 'lr': lr, 'mfu': mfu, 'tokens_per_s': tokens_per_iter / dt},
-                      step=iter_num)
+        eta = (max_iters - iter_num) * (ms_per_iter or dt * 1000) / 1000 + \
+            runs_left(eval_interval) * eval_seconds
+        eta += runs_left(hellaswag_interval) * hellaswag_seconds if hellaswag else 0
+        log.event('train', f"iter {iter_num}/{max_iters}: loss {lossf:.4f}, lr {lr:.3e}, {dt * 1000:.1f} "
+                  f"ms/iter, {tokens_per_iter / dt:,.0f} tok/s" + (f", mfu {mfu * 100:.1f}%" if mfu else '')
+                  + f", eta {report.format_duration(eta)}", iter=iter_num, loss=lossf, lr=lr,
+                  ms_per_iter=dt * 1000, tokens_per_s=tokens_per_iter / dt, mfu=mfu,
+                  wandb={'loss': lossf, 'lr': lr, 'mfu': mfu, 'tokens_per_s': tokens_per_iter / dt})
 
 if not (stopped or diverged or write_failed):
     last_path = os.path.join(out_dir, checkpoints.LAST_NAME)
     if rt.master and not eval_only and os.path.exists(last_path):
         os.remove(last_path)  # the state of a stop this run has now gone past
     if rt.ddp and not fsdp:  # FSDP's ranks hold different shards by design
-        digests = parallel.gather_from_ranks(parallel.weights_digest(raw_model), rt)
-        if rt.master:
-            print(f"weights identical on all {rt.world_size} ranks" if len(set(digests)) == 1 else
-                  f"WARNING: the ranks' weights differ: {digests}")
+        distributed.check_weights_agree(raw_model, rt)
     if rt.master and not eval_only:
-        print(f"done: {iter_num} iterations in {report.format_duration(time.time() - run_start)}, best val loss "
-              f"{best_val_loss:.4f}, {iter_num * tokens_per_iter:,} tokens seen ({(iter_num - start_iter) * tokens_per_iter:,}"
-              f" in this run), {runtime.peak_memory(rt)}")
-        if rt.compile:  # a graph break or a recompile after warm-up costs speed on every step
-            print(f"{runtime.describe_compile()} ({compile_scope})")
-        metrics.write(event='done', iter=iter_num, best_val_loss=best_val_loss, seconds=time.time() - run_start,
-                      **runtime.peak_memory_gb(rt), **(runtime.compile_counts() if rt.compile else {}))
+        # with compile, its counts: a graph break or a recompile after warm-up costs speed on every step
+        took = report.format_duration(time.time() - run_start)
+        log.event('done', f"done: {iter_num} iterations in {took}, "
+                  f"best val loss {best_val_loss:.4f}, {iter_num * tokens_per_iter:,} tokens seen "
+                  f"({(iter_num - start_iter) * tokens_per_iter:,} in this run), {runtime.peak_memory(rt)}"
+                  + (f"\n{runtime.describe_compile()} ({compile_scope})" if rt.compile else ''),
+                  iter=iter_num, best_val_loss=best_val_loss, seconds=time.time() - run_start,
+                  **runtime.peak_memory_gb(rt), **(runtime.compile_counts() if rt.compile else {}))
         if os.path.exists(ckpt_path):
-            print(f"checkpoint: {ckpt_path} (iteration {checkpoints.checkpoint_iter(ckpt_path)}); "
-                  f"sample from it: python sample.py --out_dir={out_dir}; plot the losses: python plot.py --out_dir={out_dir}")
-if rt.master:
-    metrics.close()
-    if wandb_log:
-        wandb.finish()
+            print(f"checkpoint: {checkpoints.describe(ckpt_path)}; sample from it: python sample.py "
+                  f"--out_dir={out_dir}; plot the losses: python plot.py --out_dir={out_dir}")
+log.close()
 if rt.ddp:
     # free DDP (it sits in reference cycles, and the last loss's graph runs through its hooks) and
     # tear the group down while the interpreter is whole: left to the exit, it can abort
     model = loss = None
     gc.collect()
-    parallel.leave_group(rt)
+    distributed.leave_group(rt)
 sys.exit(1 if diverged or write_failed else stop.exit_code() if stop.requested or stopped else 0)

@@ -15,8 +15,7 @@ import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import errors  # noqa: E402
-import report  # noqa: E402
+from nanogpt import report  # noqa: E402
 from configurator import configure  # noqa: E402
 from whole_val import whole_val_loss  # noqa: E402  (beside this script)
 
@@ -46,11 +45,11 @@ configure(globals())
 repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 data = os.path.join(repo, 'data', 'shakespeare_char')
 if not os.path.exists(os.path.join(data, 'train.bin')):
-    errors.fail("prepare the data first: python data/shakespeare_char/prepare.py")
+    report.fail("prepare the data first: python data/shakespeare_char/prepare.py")
 names = [name for name in variants.split(',') if name]
 unknown = [name for name in names if name not in VARIANTS]
 if unknown:
-    errors.fail(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
+    report.fail(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
 if 'classic' in names:  # first and last
     names = ['classic'] + [name for name in names if name != 'classic'] + ['classic']
 
@@ -62,7 +61,7 @@ for name in names:
     cmd += extra.split()
     result = subprocess.run(cmd, cwd=repo, capture_output=True, text=True)
     if result.returncode:
-        errors.fail(f"{name} failed: {result.stderr.strip().splitlines()[-1]}")
+        report.fail(f"{name} failed: {result.stderr.strip().splitlines()[-1]}")
     events = report.read_metrics(out_dir)
     ms = statistics.median(e['ms_per_iter'] for e in report.steady_steps(events))
     row = {'bench': 'ablate', 'variant': name, 'settings': ' '.join(VARIANTS[name]), 'iters': events[-1]['iter'],

@@ -23,8 +23,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import errors  # noqa: E402
-import report  # noqa: E402
+from nanogpt import report  # noqa: E402
 from configurator import configure  # noqa: E402
 from whole_val import whole_val_loss  # noqa: E402  (beside this script)
 
@@ -38,10 +37,10 @@ configure(globals())
 
 repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if not os.path.isfile(os.path.join(original, 'train.py')):
-    errors.fail(f"--original={original!r} is not a checkout of the original nanoGPT (no train.py there)")
+    report.fail(f"--original={original!r} is not a checkout of the original nanoGPT (no train.py there)")
 data = os.path.join(repo, 'data', 'shakespeare_char')
 if not os.path.exists(os.path.join(data, 'train.bin')):
-    errors.fail("prepare the data first: python data/shakespeare_char/prepare.py")
+    report.fail("prepare the data first: python data/shakespeare_char/prepare.py")
 for name in ('train.bin', 'val.bin', 'meta.pkl'):
     os.makedirs(os.path.join(original, 'data', 'shakespeare_char'), exist_ok=True)
     shutil.copy(os.path.join(data, name), os.path.join(original, 'data', 'shakespeare_char', name))

@@ -22,8 +22,7 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
-import report  # noqa: E402
-import runtime  # noqa: E402
+from nanogpt import report, runtime  # noqa: E402
 from configurator import configure  # noqa: E402
 
 nproc = '1,2'  # process counts to try: 1 is plain python, more run under torchrun

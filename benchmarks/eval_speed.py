@@ -52,8 +52,8 @@ try:
                                 "ctx": f"{ctx_a} {ctx_b}", "split": "val", "split_type": "indomain",
                                 "label": int(rng.integers(4)), "endings": [sentence(5, 40) for _ in range(4)],
                                 "source_id": f"synthetic~{i}"}) + '\n')
-    import tokenizer
-    enc = tokenizer.gpt2_encoding()
+    from nanogpt import data
+    enc = data.gpt2_encoding()
     with open(os.path.join(work, 'hellaswag.jsonl')) as f:
         rows = [len(enc.encode_ordinary(e['ctx'])) + len(enc.encode_ordinary(' ' + end))
                 for e in map(json.loads, f) for end in e['endings']]

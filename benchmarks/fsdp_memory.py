@@ -23,9 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 from torch.nn.parallel import DistributedDataParallel as DDP  # noqa: E402
 
-import parallel  # noqa: E402
-import runtime  # noqa: E402
-import sharding  # noqa: E402
+from nanogpt import distributed, runtime  # noqa: E402
 from configurator import configure  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
 
@@ -40,7 +38,7 @@ configure(globals())
 
 
 def tensor_bytes(tensors):
-    return sum(sharding.local(t).numel() * t.element_size() for t in tensors if t is not None)
+    return sum(distributed.local(t).numel() * t.element_size() for t in tensors if t is not None)
 
 
 if mode:  # a torchrun worker
@@ -48,7 +46,7 @@ if mode:  # a torchrun worker
     model = GPT(GPTConfig(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size,
                           vocab_size=vocab_size, bias=False, dropout=0.0))
     if mode == 'fsdp':
-        trained = sharding.shard(model, rt)
+        trained = distributed.shard(model, rt)
     else:
         trained = DDP(model.to(rt.device), device_ids=[rt.local_rank] if rt.device_type == 'cuda' else None)
     optimizer = model.configure_optimizers(0.1, 6e-4, (0.9, 0.95), rt.device_type)
@@ -62,10 +60,10 @@ if mode:  # a torchrun worker
         'optimizer_bytes': tensor_bytes(v for state in optimizer.state.values() for v in state.values()
                                         if isinstance(v, torch.Tensor)),
         **runtime.peak_memory_gb(rt)}
-    rows = parallel.gather_from_ranks(row, rt)  # rank 0 prints them all: lines from several processes would mix
+    rows = distributed.gather_from_ranks(row, rt)  # rank 0 prints them all: lines from several processes would mix
     if rt.master:
         print('\n'.join(map(json.dumps, rows)), flush=True)
-    parallel.leave_group(rt)
+    distributed.leave_group(rt)
     sys.exit(0)
 
 cpu = runtime.cpu_name()

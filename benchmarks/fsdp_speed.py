@@ -23,7 +23,7 @@ import tempfile
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import report  # noqa: E402
+from nanogpt import report  # noqa: E402
 from configurator import configure  # noqa: E402
 
 nproc = 1  # torchrun processes (GPUs)

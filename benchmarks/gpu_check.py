@@ -14,7 +14,7 @@ writable report_dir) and stops within seconds with one line if something is miss
 network. report_dir gets three files to bring back: table.md (rewritten after every step, so a
 check cut short still leaves its rows), results.jsonl, and log.txt (every command with its whole
 output). Runs and checkpoints go to out_root. The whole check stops, failing, when budget_s runs
-out, so one 10-minute command always returns its report; BENCHMARKS.md (GPU runbook) has the
+out, so one 10-minute command always returns its report; benchmarks/README.md (GPU runbook) has the
 expected time of each step on an H200.
 """
 import json
@@ -33,11 +33,7 @@ import torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
-import checkpoints  # noqa: E402
-import data_files  # noqa: E402
-import errors  # noqa: E402
-import report  # noqa: E402
-import runtime  # noqa: E402
+from nanogpt import checkpoints, data, report, runtime  # noqa: E402
 from configurator import configure  # noqa: E402
 
 device = 'cuda'
@@ -63,34 +59,34 @@ def check_environment():
     """Everything the steps need, checked in seconds: each missing piece stops the check in one line."""
     version = tuple(int(part) for part in re.findall(r'\d+', torch.__version__)[:2])
     if version < (2, 9):
-        errors.fail(f"torch {torch.__version__} is older than 2.9, the oldest this repo runs on (requirements.txt)")
-    if data_files.check_dataset(data_dir, dataset) is None:  # sample.py decodes with its vocabulary
-        errors.fail(f"{data_dir}/meta.pkl is missing: prepare the dataset again (python data/{dataset}/prepare.py)")
+        report.fail(f"torch {torch.__version__} is older than 2.9, the oldest this repo runs on (requirements.txt)")
+    if data.check_dataset(data_dir, dataset) is None:  # sample.py decodes with its vocabulary
+        report.fail(f"{data_dir}/meta.pkl is missing: prepare the dataset again (python data/{dataset}/prepare.py)")
     train_tokens = os.path.getsize(os.path.join(data_dir, 'train.bin')) // 2
     if on_gpu:
         if not torch.cuda.is_available():
-            errors.fail(f"torch {torch.__version__} sees no CUDA device; on a CPU run --device=cpu --tiny=True")
+            report.fail(f"torch {torch.__version__} sees no CUDA device; on a CPU run --device=cpu --tiny=True")
         try:
             import triton
         except ImportError:
-            errors.fail("triton is not installed: torch.compile needs it on a GPU (it comes with torch's CUDA wheels)")
+            report.fail("triton is not installed: torch.compile needs it on a GPU (it comes with torch's CUDA wheels)")
         if not torch.distributed.is_nccl_available():
-            errors.fail("this torch has no nccl: the torchrun step needs it")
+            report.fail("this torch has no nccl: the torchrun step needs it")
         free, total = torch.cuda.mem_get_info(device)
         need = 1.0 if tiny else min_free_gb
         if free < need * 2**30:
-            errors.fail(f"{torch.cuda.get_device_name(device)} has {free / 2**30:.1f} GiB free of "
+            report.fail(f"{torch.cuda.get_device_name(device)} has {free / 2**30:.1f} GiB free of "
                         f"{total / 2**30:.1f}; the check needs {need:.0f} (stop what else runs on it)")
         where = f"{torch.cuda.get_device_name(device)} ({free / 2**30:.0f} GiB free), triton {triton.__version__}"
     else:
         if not any(shutil.which(cc) for cc in ('g++', 'c++', 'clang++')):
-            errors.fail("torch.compile on a CPU needs a C++ compiler (g++); install one or run with --tiny=False")
+            report.fail("torch.compile on a CPU needs a C++ compiler (g++); install one or run with --tiny=False")
         where = f"{runtime.cpu_name()}, {os.cpu_count()} cores"
     checkpoints.ensure_writable(report_dir, 'report_dir')
     checkpoints.ensure_writable(out_root, 'out_root')
     free_disk = shutil.disk_usage(out_root).free / 2**30
     if free_disk < 2:
-        errors.fail(f"{out_root} has {free_disk:.1f} GiB of disk free; the runs' checkpoints need 2")
+        report.fail(f"{out_root} has {free_disk:.1f} GiB of disk free; the runs' checkpoints need 2")
     return (f"environment: torch {torch.__version__}, {where}, {data_dir} ({train_tokens:,} training tokens), "
             f"report in {report_dir}, runs in {out_root}, budget {budget_s} s")
 

@@ -19,8 +19,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
-import optimizers  # noqa: E402
-import runtime  # noqa: E402
+from nanogpt import optimizers, runtime  # noqa: E402
 from configurator import configure  # noqa: E402
 from model import GPT, MODERN_DEFAULTS, GPTConfig  # noqa: E402
 

@@ -8,7 +8,7 @@ import os
 import numpy as np
 import torch
 
-import checkpoints
+from nanogpt import checkpoints
 
 
 def whole_val_loss(out_dir, data_dir, block_size=64, blocks_per_batch=256):

@@ -1,6 +1,6 @@
 # GPT-2 (124M) on FineWeb-Edu as Karpathy's build-nanogpt trains it: ~10B tokens in 19,073 steps
-# of 524,288 (2**19, ~0.5M) tokens, HellaSwag every 250 steps, for a node of 8 GPUs (not measured
-# here: no GPU). Compare its HellaSwag acc_norm with OpenAI's GPT-2 124M, 0.2955 (README: Evaluating).
+# of 524,288 (2**19, ~0.5M) tokens, HellaSwag every 250 steps, for a node of 8 GPUs.
+# Compare its HellaSwag acc_norm with OpenAI's GPT-2 124M, 0.2955 (docs/evaluation.md).
 # $ python data/fineweb/prepare.py
 # $ torchrun --standalone --nproc_per_node=8 train.py config/train_gpt2_fineweb.py
 

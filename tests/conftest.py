@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from report import read_metrics
+from nanogpt.report import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / 'shared' / 'data'

@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-import runtime
+from nanogpt import runtime
 from model import GPT, GPTConfig
 
 TINY_BENCH = ['--n_layer=2', '--n_head=2', '--n_embd=16', '--block_size=16', '--batch_size=4', '--device=cpu',

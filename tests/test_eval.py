@@ -1,4 +1,4 @@
-"""eval.py and evals.py: HellaSwag scored as build-nanogpt does (checked against transformers' GPT-2),
+"""eval.py and nanogpt/evals.py: HellaSwag scored as build-nanogpt does (checked against transformers' GPT-2),
 bits per byte with a sliding window, DDP, HellaSwag during training, and bad input. No downloads:
 HellaSwag examples are written here in the dataset's own file format, the models are small and random."""
 import dataclasses
@@ -11,10 +11,10 @@ import torch
 
 from conftest import (REPO, TINY_MODEL, assert_one_line_error, needs_bpe, random_hf_gpt2, run_torchrun,
                       sample_text)
-from evals import GPT2_VOCAB
+from nanogpt.evals import GPT2_VOCAB
 from model import GPT
-from report import read_metrics
-from tokenizer import gpt2_encoding
+from nanogpt.report import read_metrics
+from nanogpt.data import gpt2_encoding
 
 transformers = pytest.importorskip('transformers')
 pytestmark = needs_bpe  # GPT-2 BPE everywhere here
@@ -281,7 +281,7 @@ def test_bad_hellaswag_files_are_one_line_errors(run, tmp_path):
 def test_download_writes_the_file_once(tmp_path, monkeypatch):
     import requests
 
-    import evals
+    from nanogpt import evals
     monkeypatch.chdir(tmp_path)
     served = hellaswag_line(0, 'A man.', 'he', ['a.', 'b.', 'c.', 'd.'], 2) + '\n'
     calls = []

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-import sharding
+from nanogpt import distributed
 from conftest import REPO, TINY_MODEL, assert_one_line_error, run_torchrun, train_losses
 
 # 2 micro-steps per rank (gradients accumulate unreduced between them), and a clip low enough to
@@ -88,7 +88,7 @@ def test_fsdp_without_torchrun_is_a_one_line_error(run, char_data):
 def test_fsdp_refuses_what_it_cannot_do(monkeypatch, capsys, device, optimizer, onednn, message):
     monkeypatch.setenv('RANK', '0')  # as under torchrun
     with pytest.raises(SystemExit) as exit_:
-        sharding.check_fsdp_setting(True, device, optimizer, onednn)
+        distributed.check_fsdp_setting(True, device, optimizer, onednn)
     assert exit_.value.code == 2
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and message in error
@@ -97,5 +97,5 @@ def test_fsdp_refuses_what_it_cannot_do(monkeypatch, capsys, device, optimizer, 
 def test_fsdp_refuses_float16(capsys):
     # checked before anything is sharded ('auto' picks float16 on GPUs without bfloat16)
     with pytest.raises(SystemExit):
-        sharding.shard(None, SimpleNamespace(dtype='float16'))
+        distributed.shard(None, SimpleNamespace(dtype='float16'))
     assert '--fsdp=True trains in bfloat16 or float32, not float16' in capsys.readouterr().err

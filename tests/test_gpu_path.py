@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 
-import runtime
+from nanogpt import runtime
 from conftest import REPO, TINY_MODEL, _env, assert_one_line_error, run_torchrun
 
 COUNT_SYNCS = str(REPO / 'benchmarks' / 'count_syncs.py')

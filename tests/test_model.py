@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-import runtime
+from nanogpt import runtime
 from model import GPT, GPTConfig
 
 TINY = dict(n_layer=2, n_head=2, n_embd=16, block_size=16, vocab_size=65, dropout=0.0, bias=True)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import model
-import optimizers
+from nanogpt import optimizers
 from conftest import REPO, TINY_MODEL, _env, assert_one_line_error, run_torchrun
 from model import GPT, MODERN_DEFAULTS, GPTConfig, KVCache
 
@@ -117,24 +117,17 @@ def test_what_each_choice_changes_in_the_model():
     assert id(modern.lm_head.weight) not in taken and id(modern.transformer.wte.weight) not in taken
 
 
-def test_rotary_and_relu_squared_backward_by_hand_as_autograd_would():
-    # the two hand-written backwards against autograd through the plain formulas, on a transposed
-    # (non-contiguous) input as attention passes it; values and gradients alike, to the last bit
+def test_rotary_turns_pairs_so_that_attention_sees_relative_positions():
+    # a rotation keeps a vector's length, and a query at position m meets a key at position n by m - n alone
     torch.manual_seed(0)
-    x = torch.randn(2, 5, 3, 8).transpose(1, 2).requires_grad_()
-    angles = torch.randn(5, 4)
-    cos, sin = angles.cos(), angles.sin()
-    first, second = x.chunk(2, dim=-1)
-    formulas = {model.apply_rotary: lambda: torch.cat((first * cos - second * sin, first * sin + second * cos), -1),
-                model.ReLUSquaredFunction.apply: lambda: torch.relu(x) ** 2}
-    for function, formula in formulas.items():
-        grad = torch.randn(2, 3, 5, 8)
-        expected, = torch.autograd.grad(formula(), x, grad)
-        arguments = (x, cos, sin) if function is model.apply_rotary else (x,)
-        got, = torch.autograd.grad(function(*arguments), x, grad)
-        assert torch.equal(function(*arguments), formula()) and torch.equal(got, expected)
-        assert torch.autograd.gradcheck(lambda t: function(t, *arguments[1:]), x.detach().double().requires_grad_())
-    assert model.apply_rotary(x.bfloat16(), cos, sin).dtype == torch.bfloat16  # computed in float32, like x comes
+    q, k = torch.randn(8), torch.randn(8)
+    cos, sin = model.rotary_tables(8, torch.arange(12), base=10000)
+    at = lambda x, position: model.rotate_pairs(x, cos[position], sin[position])
+    assert torch.allclose(at(q, 5).norm(), q.norm())
+    assert torch.allclose(at(q, 7) @ at(k, 3), at(q, 9) @ at(k, 5), atol=1e-5)
+    assert not torch.allclose(at(q, 7) @ at(k, 3), at(q, 9) @ at(k, 3), atol=1e-3)
+    assert model.rotate_pairs(q.bfloat16(), cos[0], sin[0]).dtype == torch.bfloat16  # computed in float32
+    assert torch.equal(model.ReLUSquared()(torch.tensor([-2.0, 0.0, 3.0])), torch.tensor([0.0, 0.0, 9.0]))
 
 
 def test_batched_muon_steps_as_torch_muon_does_and_resumes_from_its_state():

@@ -5,11 +5,11 @@ import re
 import pytest
 import torch
 
-import onednn
+from nanogpt import cpu_linears
 from conftest import TINY_MODEL, assert_one_line_error
 from model import GPT, GPTConfig
 
-needs_onednn = pytest.mark.skipif(not onednn.onednn_usable('cpu', 'float32'),
+needs_onednn = pytest.mark.skipif(not cpu_linears.onednn_usable('cpu', 'float32'),
                                   reason="oneDNN linears are for x86-64 CPUs with a torch built with oneDNN")
 
 
@@ -35,7 +35,7 @@ def outputs_and_gradients(shape, bias, view, backward):
     """[y, x.grad, weight.grad(, bias.grad)] of nn.Linear(32, 48) and of its oneDNN copy, same x."""
     torch.manual_seed(0)
     reference = torch.nn.Linear(32, 48, bias=bias)
-    fast = onednn.use_onednn_linears(copy.deepcopy(reference))
+    fast = cpu_linears.use_onednn_linears(copy.deepcopy(reference))
     x = torch.randn(*shape)
     results = []
     for layer in (reference, fast):
@@ -48,7 +48,7 @@ def outputs_and_gradients(shape, bias, view, backward):
 
 @needs_onednn
 def test_frozen_weights_get_no_gradient():
-    layer = onednn.use_onednn_linears(torch.nn.Linear(8, 4))
+    layer = cpu_linears.use_onednn_linears(torch.nn.Linear(8, 4))
     layer.weight.requires_grad_(False)
     x = torch.randn(3, 8, requires_grad=True)
     layer(x).sum().backward()
@@ -59,7 +59,7 @@ def test_frozen_weights_get_no_gradient():
 def test_a_gpt_trains_the_same_with_onednn_linears():
     torch.manual_seed(0)
     models = [GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=65, dropout=0.0))]
-    models.append(onednn.use_onednn_linears(copy.deepcopy(models[0])))
+    models.append(cpu_linears.use_onednn_linears(copy.deepcopy(models[0])))
     assert models[0].state_dict().keys() == models[1].state_dict().keys()  # checkpoints are unchanged
     optimizers = [m.configure_optimizers(0.1, 1e-2, (0.9, 0.99), 'cpu') for m in models]
     data = (torch.randint(65, (30, 4, 1)) + torch.arange(17)) % 65  # counting: learnable in a few steps
@@ -84,32 +84,32 @@ def test_train_measures_which_linears_are_faster_and_can_be_told(run, char_data)
             for setting in ('auto', 'True', 'False')}
     runs = {setting: next(line for line in out.splitlines() if line.startswith('device ')) for setting, out in runs.items()}
     speedup = float(re.search(r'auto: (?:oneDNN measured )?([\d.]+)x', runs['auto']).group(1))
-    assert ('oneDNN linears' in runs['auto']) == (speedup >= onednn.ONEDNN_MARGIN)
+    assert ('oneDNN linears' in runs['auto']) == (speedup >= cpu_linears.ONEDNN_MARGIN)
     assert runs['True'].endswith('oneDNN linears') and 'oneDNN' not in runs['False']
 
 
 def test_auto_takes_onednn_only_where_it_is_clearly_faster(monkeypatch):
     # the rule, on the times an AMD EPYC (MKL runs AVX2 there) and an Intel Xeon (MKL runs AVX-512) gave
-    assert onednn.prefer_onednn(plain_seconds=25.0, onednn_seconds=12.0)  # AMD: twice as fast
-    assert not onednn.prefer_onednn(plain_seconds=35.4, onednn_seconds=46.0)  # Intel: slower
-    assert not onednn.prefer_onednn(plain_seconds=10.3, onednn_seconds=10.0)  # a gain within the noise
+    assert cpu_linears.prefer_onednn(plain_seconds=25.0, onednn_seconds=12.0)  # AMD: twice as fast
+    assert not cpu_linears.prefer_onednn(plain_seconds=35.4, onednn_seconds=46.0)  # Intel: slower
+    assert not cpu_linears.prefer_onednn(plain_seconds=10.3, onednn_seconds=10.0)  # a gain within the noise
     model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=65))
     # explicit settings are taken as given, and no GPU is measured
-    monkeypatch.setattr(onednn, 'time_linears', None)
-    assert onednn.resolve_onednn(False, 'cpu', 'float32', False, model, 64) == (False, None)
-    assert onednn.resolve_onednn('auto', 'cuda', 'float32', False, model, 64) == (False, None)
-    monkeypatch.setattr(onednn, 'onednn_usable', lambda *args: True)
+    monkeypatch.setattr(cpu_linears, 'time_linears', None)
+    assert cpu_linears.resolve_onednn(False, 'cpu', 'float32', False, model, 64) == (False, None)
+    assert cpu_linears.resolve_onednn('auto', 'cuda', 'float32', False, model, 64) == (False, None)
+    monkeypatch.setattr(cpu_linears, 'onednn_usable', lambda *args: True)
     for plain, fast, expected in ((2.0, 1.0, True), (1.0, 1.0, False), (1.0, 1.3, False)):
-        monkeypatch.setattr(onednn, 'time_linears', lambda shapes, rows, use_onednn, backward: fast if use_onednn else plain)
-        assert onednn.resolve_onednn('auto', 'cpu', 'float32', False, model, 64) == (expected, plain / fast)
+        monkeypatch.setattr(cpu_linears, 'time_linears', lambda shapes, rows, use_onednn, backward: fast if use_onednn else plain)
+        assert cpu_linears.resolve_onednn('auto', 'cpu', 'float32', False, model, 64) == (expected, plain / fast)
 
 
 def test_timing_the_linears_leaves_the_random_state_alone():
     model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=65))
     before = torch.get_rng_state()
-    assert onednn.time_linears(onednn.linear_shapes(model), 64, False) > 0
+    assert cpu_linears.time_linears(cpu_linears.linear_shapes(model), 64, False) > 0
     assert torch.equal(torch.get_rng_state(), before)
-    assert sorted(onednn.linear_shapes(model)) == [(16, 16, True, 1), (16, 48, True, 1), (16, 64, True, 1),
+    assert sorted(cpu_linears.linear_shapes(model)) == [(16, 16, True, 1), (16, 48, True, 1), (16, 64, True, 1),
                                                    (16, 65, False, 1), (64, 16, True, 1)]
 
 

@@ -11,7 +11,7 @@ import sys
 import torch
 
 from conftest import REPO, TINY_MODEL, _env, assert_one_line_error, run_torchrun, train_losses
-from report import read_metrics
+from nanogpt.report import read_metrics
 
 RUN = ['--dataset=tiny', *TINY_MODEL, '--dropout=0.1', '--eval_interval=10', '--log_interval=1']
 
@@ -92,7 +92,7 @@ def test_kill_during_save_leaves_the_previous_checkpoint(tmp_path):
     script = f"""
 import os, signal, sys, torch
 sys.path.insert(0, {str(REPO)!r})
-import checkpoints
+from nanogpt import checkpoints
 checkpoints.save_checkpoint({{'model': {{}}, 'model_args': {{}}, 'iter_num': 1}}, 'ckpt.pt')
 def dying_save(obj, f):
     f.write(b'the first bytes of a checkpoint')

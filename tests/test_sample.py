@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-import checkpoints
+from nanogpt import checkpoints
 from conftest import assert_one_line_error
 
 

@@ -4,7 +4,7 @@ import math
 import torch
 
 from conftest import TINY_MODEL, assert_one_line_error
-from report import read_metrics
+from nanogpt.report import read_metrics
 
 
 def test_train_learns_and_writes_an_original_style_checkpoint(trained):

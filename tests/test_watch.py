@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-import tokenizer
+from nanogpt import data
 from conftest import REPO, TINY_MODEL, _env, assert_one_line_error, needs_bpe
 
 
@@ -74,7 +74,7 @@ def test_text_stream_holds_back_half_a_character():
     text = 'naïve café 🙂 done'
     ids = enc.encode(text)
     out = io.StringIO()
-    stream = tokenizer.TextStream(enc.decode, ids[:1], out)
+    stream = data.TextStream(enc.decode, ids[:1], out)
     for token in ids[1:]:
         stream.push(token)
         assert '\ufffd' not in out.getvalue()  # never a broken character, even mid-emoji

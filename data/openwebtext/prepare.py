@@ -22,8 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-import errors  # noqa: E402  (the repo root is on the path only from the line above)
-import tokenizer  # noqa: E402  (the repo root is on the path only from the line above)
+from nanogpt import data, report  # noqa: E402  (the repo root is on the path only from the line above)
 
 dataset = 'openwebtext'  # a Hugging Face dataset name, or a builder such as 'text' or 'json' with data_files
 name = ''  # the dataset's subset (configuration), e.g. 'sample-10BT' of HuggingFaceFW/fineweb-edu; '' for its default
@@ -39,7 +38,7 @@ def tokenize_and_write(splits, out_dir, num_proc=1, text_column='text', docs_per
     """Encode each split's documents with GPT-2 BPE, end-of-text after each, and write them to
     out_dir/<split>.bin one shard of documents at a time. Returns {split: number of tokens}."""
     import datasets
-    enc = tokenizer.gpt2_encoding()
+    enc = data.gpt2_encoding()
 
     def encode(example):
         ids = enc.encode_ordinary(example[text_column])
@@ -72,7 +71,7 @@ def load_splits(dataset, name='', data_files='', text_column='text', val_size=0.
     of local files (data_files, with a builder such as 'text' or 'json' as dataset); a val split of
     val_size of the documents when the dataset has none. A one-line error for what cannot be loaded."""
     if data_files and '://' not in data_files and not glob.glob(data_files):
-        errors.fail(f"no files match --data_files={data_files}")
+        report.fail(f"no files match --data_files={data_files}")
     from datasets import load_dataset
     try:
         if data_files:
@@ -81,10 +80,10 @@ def load_splits(dataset, name='', data_files='', text_column='text', val_size=0.
         else:
             loaded = load_dataset(dataset, name or None, num_proc=num_proc)
     except Exception as e:
-        errors.fail(f"could not load dataset {dataset!r} ({type(e).__name__}: {str(e).splitlines()[0][:150]}); "
+        report.fail(f"could not load dataset {dataset!r} ({type(e).__name__}: {str(e).splitlines()[0][:150]}); "
                     f"for local files use --dataset=text --data_files='path/*.txt'")
     if text_column not in loaded['train'].column_names:
-        errors.fail(f"dataset {dataset!r} has no column {text_column!r} (it has {loaded['train'].column_names}); "
+        report.fail(f"dataset {dataset!r} has no column {text_column!r} (it has {loaded['train'].column_names}); "
                     f"name it with --text_column")
     val_name = next((split for split in ('validation', 'val') if split in loaded), None)
     if val_name:

@@ -16,8 +16,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-import data_files  # noqa: E402  (the repo root is on the path only from the line above)
-import errors  # noqa: E402  (the repo root is on the path only from the line above)
+from nanogpt import data, report  # noqa: E402  (the repo root is on the path only from the line above)
 from configurator import configure  # noqa: E402
 
 input_file = ''  # the text to prepare; '' means input.txt beside this script, downloaded if missing
@@ -27,9 +26,9 @@ configure(globals())
 
 here = os.path.dirname(os.path.abspath(__file__))
 out_dir = out_dir or here
-text = data_files.read_text(input_file, os.path.join(here, 'input.txt'), url)
+text = data.read_text(input_file, os.path.join(here, 'input.txt'), url)
 if len(text) < 2:
-    errors.fail("the text is too short to split into train and val")
+    report.fail("the text is too short to split into train and val")
 print(f"{len(text):,} characters")
 
 chars = sorted(set(text))
@@ -37,7 +36,7 @@ stoi = {ch: i for i, ch in enumerate(chars)}
 print(f"vocab size: {len(chars)}: {''.join(chars)!r}")
 ids = np.array([stoi[c] for c in text])
 split = int(len(ids) * 0.9)  # first 90% train, the rest val
-data_files.write_bins(out_dir, ids[:split], ids[split:])
+data.write_bins(out_dir, ids[:split], ids[split:])
 with open(os.path.join(out_dir, 'meta.pkl'), 'wb') as f:
     pickle.dump({'vocab_size': len(chars), 'itos': dict(enumerate(chars)), 'stoi': stoi}, f)
 print(f"wrote train.bin, val.bin and meta.pkl to {out_dir}")

@@ -11,7 +11,7 @@ from collections import defaultdict
 
 import torch
 
-from errors import fail
+from nanogpt.report import fail
 
 OPTIMIZERS = ('adamw', 'muon')
 
@@ -90,7 +90,7 @@ class BatchedMuon(torch.optim.Muon):
     """torch.optim.Muon (same settings, state and update, in bfloat16 as torch computes it), with the
     Newton-Schulz iteration run once per matrix shape on a batch of matrices rather than once per
     matrix: a model has only a few shapes (4 per block), and each call costs the same fixed overhead
-    whatever the matrix's size (BENCHMARKS.md: the laptop model's Muon step 1.6x faster)."""
+    whatever the matrix's size (benchmarks/README.md: the laptop model's Muon step 1.6x faster)."""
 
     def __init__(self, params, **settings):
         if settings.get('adjust_lr_fn') not in (None, 'original'):

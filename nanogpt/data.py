@@ -1,15 +1,17 @@
 """
 Datasets on disk, in the original's format: train.bin and val.bin (uint16 token ids) and an
-optional meta.pkl (a character vocabulary); reading them, checking them and writing them.
+optional meta.pkl (a character vocabulary); reading them, checking them and writing them; and
+text to token ids and back (a dataset's characters, or GPT-2's BPE through tiktoken).
 """
+
 import os
 import pickle
+import sys
 
 import numpy as np
 import torch
 
-from errors import fail
-
+from nanogpt.report import fail
 
 def dataset_paths(data_dir):
     return {split: os.path.join(data_dir, f'{split}.bin') for split in ('train', 'val')}
@@ -17,7 +19,7 @@ def dataset_paths(data_dir):
 
 def check_dataset(data_dir, dataset):
     """Check that a dataset is prepared; return its meta.pkl contents, or None without one."""
-    prepare = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', dataset, 'prepare.py')
+    prepare = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'data', dataset, 'prepare.py')
     hint = f"run python {os.path.relpath(prepare)} first" if os.path.exists(prepare) else \
         f"put train.bin and val.bin (uint16 token ids) in {data_dir}"
     if not os.path.isdir(data_dir):
@@ -133,3 +135,48 @@ def write_bins(out_dir, train_ids, val_ids):
             fail(f"token id {ids.max()} does not fit in uint16 (the .bin format); use a smaller vocabulary")
         ids.astype(np.uint16).tofile(os.path.join(out_dir, f'{name}.bin'))
     print(f"train has {len(train_ids):,} tokens, val has {len(val_ids):,} tokens")
+
+
+def load_tokenizer(meta):
+    """encode/decode from a dataset's meta.pkl (character level), or GPT-2 BPE without one."""
+    if meta is not None:
+        stoi, itos = meta['stoi'], meta['itos']
+
+        def encode(text):
+            unknown = sorted(set(text) - stoi.keys())
+            if unknown:
+                fail(f"the prompt has characters this model's vocabulary lacks: {''.join(unknown)!r}")
+            return [stoi[c] for c in text]
+        return encode, lambda ids: ''.join(itos[i] for i in ids)
+    enc = gpt2_encoding()
+    return (lambda text: enc.encode(text, allowed_special={'<|endoftext|>'})), enc.decode
+
+
+class TextStream:
+    """Print a sample as its tokens arrive. Each time, decode all the ids so far and print what is
+    new, holding back a trailing incomplete character (a BPE token can end inside one)."""
+
+    def __init__(self, decode, ids, out=sys.stdout):
+        self.decode, self.ids, self.out, self.shown = decode, list(ids), out, 0
+        self._show()
+
+    def push(self, token_id):
+        self.ids.append(token_id)
+        self._show()
+
+    def _show(self):
+        text = self.decode(self.ids)
+        if not text.endswith('\ufffd'):
+            self.out.write(text[self.shown:])
+            self.out.flush()
+            self.shown = len(text)
+
+
+def gpt2_encoding():
+    """tiktoken's GPT-2 BPE, or a clear error when it can be neither downloaded nor found cached."""
+    import tiktoken
+    try:
+        return tiktoken.get_encoding('gpt2')
+    except Exception as e:
+        fail(f"cannot load the GPT-2 BPE tokenizer ({type(e).__name__}); tiktoken downloads it once, or "
+             f"set TIKTOKEN_CACHE_DIR to a folder that holds tiktoken's cached copies of its files")

@@ -1,20 +1,28 @@
 """
-What a run tells its user: metrics.jsonl, time estimates and readable numbers.
+What a run tells its user: its log lines, metrics.jsonl and wandb, time estimates, readable
+numbers; and bad input, reported the same way by every script: one line on stderr, exit status 2.
 """
 import json
 import math
 import os
+import sys
 import time
 
 
-class MetricsLog:
-    """out_dir/metrics.jsonl: one JSON object per log or eval event, appended across resumes.
+class RunLog:
+    """What a training run tells, one call per event: a line on stdout, a record in
+    out_dir/metrics.jsonl and, with wandb, a point there. Only rank 0 keeps one (master=False:
+    every call does nothing), so the loop need not ask which rank it is on.
 
-    On resume, events after the checkpoint's iteration are dropped first: that stretch is
-    about to be trained again, and the file should read as one run. So is the end of the earlier
-    run (its 'done' event, with its time and peak memory): the resumed run writes its own."""
+    metrics.jsonl holds one JSON object per event, appended across resumes. On resume, events after
+    the checkpoint's iteration are dropped first: that stretch is about to be trained again, and the
+    file should read as one run. So is the end of the earlier run (its 'done' event, with its time
+    and peak memory): the resumed run writes its own."""
 
-    def __init__(self, out_dir, resume_iter=None):
+    def __init__(self, out_dir, resume_iter=None, master=True, wandb_run_id=None, wandb_init=None):
+        self.master, self.wandb, self.wandb_run_id = master, None, wandb_run_id
+        if not master:
+            return
         self.path = os.path.join(out_dir, 'metrics.jsonl')
         if resume_iter is not None and os.path.exists(self.path):
             with open(self.path) as f:
@@ -26,13 +34,28 @@ class MetricsLog:
         elif resume_iter is None and os.path.exists(self.path):
             os.remove(self.path)  # a new run in this out_dir starts a new record
         self.file = open(self.path, 'a')
+        if wandb_init is not None:
+            import wandb
+            self.wandb = wandb
+            # the run's id goes into checkpoints, so that a resumed training continues the same wandb run
+            self.wandb_run_id = wandb.init(**wandb_init, id=wandb_run_id, resume='allow').id
 
-    def write(self, **event):
-        self.file.write(json.dumps({**event, 'time': round(time.time(), 3)}) + '\n')
+    def event(self, event, line=None, wandb=None, **values):
+        """line printed (if any), values recorded under event, wandb's own names for them sent."""
+        if not self.master:
+            return
+        if line:
+            print(line, flush=True)
+        self.file.write(json.dumps({'event': event, **values, 'time': round(time.time(), 3)}) + '\n')
         self.file.flush()
+        if self.wandb and wandb:
+            self.wandb.log({'iter': values['iter'], **wandb}, step=values['iter'])
 
     def close(self):
-        self.file.close()
+        if self.master:
+            self.file.close()
+            if self.wandb:
+                self.wandb.finish()
 
 
 def read_metrics(out_dir):
@@ -56,7 +79,7 @@ def warn_if_slow_on_cpu(model, tokens_per_iter, iters, eval_tokens, peak, datase
     """Say so up front when a config meant for a GPU would take more than 15 minutes on this CPU."""
     estimate = estimate_seconds(model, tokens_per_iter, iters, eval_tokens, peak)
     if estimate > 15 * 60:
-        cpu_config = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'config', f'train_{dataset}_cpu.py')
+        cpu_config = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'config', f'train_{dataset}_cpu.py')
         advice = f"python train.py {os.path.relpath(cpu_config)} takes a few minutes" if os.path.exists(cpu_config) \
             else "a GPU, or a smaller model, batch, block_size or max_iters, would be quicker"
         print(f"WARNING: this looks like a GPU config: about {format_duration(estimate)} on this CPU; {advice}")
@@ -79,3 +102,14 @@ def describe_choices(config):
     """The modern recipe's choices a model makes, in a few words: 'rotary, qk_norm, mlp=relu2, ...'."""
     words = {'rotary': 'rotary', 'qk_norm': 'qk_norm', 'tie_weights': 'untied head', 'zero_init': 'zero init'}
     return ', '.join(words.get(name) or f"{name}={value}" for name, value in config.modern_choices().items())
+
+
+def fail(message, every_rank=False):
+    """Bad input, not a bug: say what to do in one line on stderr and exit with status 2.
+    Under DDP every rank finds the same mistake, so only rank 0 says it, unless the
+    mistake is one rank's own (every_rank)."""
+    rank = int(os.environ.get('RANK', 0))
+    if rank == 0 or every_rank:
+        prefix = f"[rank {rank}] " if rank else ''
+        print(f"{prefix}{os.path.basename(sys.argv[0])}: error: {message}", file=sys.stderr, flush=True)
+    sys.exit(2)

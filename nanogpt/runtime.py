@@ -1,6 +1,6 @@
 """
-Where and how the math runs: the device, the dtype, compile, torchrun's process group, and the
-peak FLOP/s that MFU is measured against.
+Where and how the math runs: the device, the dtype, compile, the CPU's linears, and the peak
+FLOP/s that MFU is measured against.
 """
 import ctypes
 import functools
@@ -14,8 +14,10 @@ from types import SimpleNamespace
 
 import torch
 
-from errors import fail
-from onednn import check_onednn_setting, onednn_linear, onednn_usable, resolve_onednn, use_onednn_linears
+from nanogpt import distributed
+from nanogpt.cpu_linears import (check_onednn_setting, onednn_linear, onednn_usable, resolve_onednn,
+                                 use_onednn_linears)
+from nanogpt.report import fail
 
 
 def resolve_device(device):
@@ -104,7 +106,7 @@ def resolve_compile_scope(scope, compile, fsdp, world_size):
     loss) or each Transformer block on its own ('blocks': one block's code, compiled once, serves
     every block, so compiling is quicker). FSDP needs blocks: its hooks between the blocks cannot be
     traced, and would break a whole-model graph at every block. 'auto' is blocks under torchrun
-    (measured: half the compile time, no graph break, the same ms/iter; BENCHMARKS.md) and the whole
+    (measured: half the compile time, no graph break, the same ms/iter; benchmarks/README.md) and the whole
     model in one process, where the head and loss compile with the rest."""
     if scope not in COMPILE_SCOPES:
         fail(f"--compile_scope takes {', '.join(COMPILE_SCOPES)}, not {scope!r}")
@@ -117,12 +119,14 @@ def resolve_compile_scope(scope, compile, fsdp, world_size):
     return scope
 
 
-def compile_model(model, wrapped, scope):
+def compile_model(model, wrapped, scope, say=True):
     """torch.compile for training: wrapped is the model as the loop calls it (DDP's wrapper, or the
     model itself). The whole of it, compiled outside DDP so that Dynamo's DDP optimizer splits the
     graph at DDP's gradient buckets, whose all-reduces then overlap the rest of the backward; or
     each block's forward, in place, where hooks (DDP's per gradient, FSDP's per block) stay outside
     the compiled code."""
+    if say:
+        print(f"compiling the {scope} (takes a minute or so)...")
     if scope == 'model':
         return torch.compile(wrapped)
     for block in model.transformer.h:
@@ -132,7 +136,7 @@ def compile_model(model, wrapped, scope):
 
 def place_model(model, runtime, rows, backward=True, onednn_choice=None):
     """model on the runtime's device, its Linear layers in oneDNN where the runtime's onednn setting
-    says so; 'auto' is decided here, for this model at rows rows per step (see onednn.py), and
+    says so; 'auto' is decided here, for this model at rows rows per step (see cpu_linears.py), and
     runtime.onednn_speedup keeps what was measured. onednn_choice, a choice made before (the one a
     resumed run's checkpoint recorded), replaces 'auto' where it still works."""
     if runtime.dtype == 'float16' and model.config.mlp == 'relu2':
@@ -161,11 +165,8 @@ def setup_runtime(device, dtype, compile, backend='auto', seed=1337, onednn='aut
     Under torchrun (RANK is set) this joins the process group, puts each rank on its own
     device (cuda:LOCAL_RANK, or the CPU) and picks nccl on CUDA, gloo elsewhere.
     """
-    rank, local_rank, world_size = 0, 0, 1
-    ddp = int(os.environ.get('RANK', -1)) != -1
+    ddp, rank, local_rank, world_size = distributed.torchrun_ranks()
     if ddp:
-        rank, local_rank = int(os.environ['RANK']), int(os.environ['LOCAL_RANK'])
-        world_size = int(os.environ['WORLD_SIZE'])
         if device == 'auto':
             device = 'cuda' if torch.cuda.is_available() else 'cpu'
         if device.startswith('cuda'):
@@ -176,11 +177,7 @@ def setup_runtime(device, dtype, compile, backend='auto', seed=1337, onednn='aut
         # means this one, also for --device=cuda:1 without torchrun
         torch.cuda.set_device(device)
     if ddp:
-        if device.startswith('mps'):
-            fail("DDP is not supported on MPS; use --device=cpu with torchrun, or drop torchrun")
-        if backend == 'auto':
-            backend = 'nccl' if device.startswith('cuda') else 'gloo'
-        torch.distributed.init_process_group(backend=backend)
+        backend = distributed.join_group(device, backend)
     device_type = torch.device(device).type
     if device_type == 'cpu':
         keep_freed_memory()

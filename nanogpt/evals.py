@@ -29,10 +29,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-import data_files
-import parallel
-import tokenizer
-from errors import fail
+from nanogpt import data, distributed
+from nanogpt.report import fail
 
 HELLASWAG_URL = 'https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl'
 HELLASWAG_FILE = os.path.join('data', 'hellaswag', 'hellaswag_val.jsonl')  # relative to where the script runs
@@ -50,7 +48,7 @@ def hellaswag_path(path, runtime):
     if path:
         return path
     if not os.path.exists(HELLASWAG_FILE) and runtime.local_rank == 0:
-        data_files.download(HELLASWAG_URL, HELLASWAG_FILE,
+        data.download(HELLASWAG_URL, HELLASWAG_FILE,
                             f"download it yourself and save it as {HELLASWAG_FILE}, or pass --hellaswag_file=PATH")
     if runtime.ddp:
         torch.distributed.barrier()
@@ -114,7 +112,7 @@ def load_hellaswag(path, runtime, meta, vocab_size, limit=0):
     check_bpe(meta, vocab_size)
     raw = read_hellaswag(hellaswag_path(path, runtime))
     raw = raw[:limit] if limit else raw
-    enc = tokenizer.gpt2_encoding()
+    enc = data.gpt2_encoding()
     contexts = enc.encode_ordinary_batch([e['ctx'] for e in raw])
     endings = enc.encode_ordinary_batch([' ' + ending for e in raw for ending in e['endings']])
     # an empty context would leave the ending's first token nothing to be predicted from
@@ -170,7 +168,7 @@ def hellaswag(model, examples, runtime, batch_size=8, details=False, progress=Fa
     model.eval()
     for batch in _progress(_my_batches(order, batch_size, runtime), runtime, progress, 'hellaswag'):
         idx, targets = hellaswag_rows(batch, block_size)
-        idx, targets = data_files.to_device(idx, runtime), data_files.to_device(targets, runtime)
+        idx, targets = data.to_device(idx, runtime), data.to_device(targets, runtime)
         with runtime.autocast:
             losses = model.token_losses(idx, targets)
         sums = losses.sum(1).view(-1, 4)
@@ -189,7 +187,7 @@ def hellaswag(model, examples, runtime, batch_size=8, details=False, progress=Fa
     result = dict(acc=correct / max(n, 1), acc_norm=correct_norm / max(n, 1), correct=correct,
                   correct_norm=correct_norm, examples=n, seconds=time.time() - start)
     if details:
-        result['details'] = sorted((d for part in parallel.gather_from_ranks(mine, runtime) for d in part),
+        result['details'] = sorted((d for part in distributed.gather_from_ranks(mine, runtime) for d in part),
                                    key=lambda d: d['index'])
     return result
 
@@ -199,7 +197,7 @@ def token_bytes(meta, vocab_size):
     character vocabulary. <|endoftext|> (a document boundary, not text) and unused ids count 0."""
     table = np.zeros(vocab_size, dtype=np.int64)
     if meta is None:
-        enc = tokenizer.gpt2_encoding()
+        enc = data.gpt2_encoding()
         for i in range(min(enc.n_vocab, vocab_size)):
             if i != enc.eot_token:
                 table[i] = len(enc.decode_single_token_bytes(i))
@@ -214,9 +212,9 @@ def text_tokens(path, meta, max_tokens=0):
     """A UTF-8 text file's token ids (numpy), as the model reads it: GPT-2 BPE after an <|endoftext|>,
     so that the first token is predicted too; or the model's characters, where the first one only
     gives context. max_tokens keeps the first max_tokens (0: all)."""
-    text = data_files.read_text(path)
+    text = data.read_text(path)
     if meta is None:
-        enc = tokenizer.gpt2_encoding()
+        enc = data.gpt2_encoding()
         ids = enc.encode_ordinary(text)
         ids = [enc.eot_token] + (ids[:max_tokens] if max_tokens else ids)
     else:
@@ -234,20 +232,20 @@ def val_tokens(dataset, meta, vocab_size, max_tokens=0):
     for a BPE model (each document there ends with one, so the first one gets the same start as
     the rest). The dataset must be tokenised the way the model is."""
     data_dir = os.path.join('data', dataset)
-    path = data_files.dataset_paths(data_dir)['val']
+    path = data.dataset_paths(data_dir)['val']
     if not os.path.exists(path) or os.path.getsize(path) % 2:
         fail(f"{path} is missing or not uint16 token ids; prepare the dataset first (data/{dataset}/prepare.py)")
-    dataset_meta = data_files.read_meta(os.path.join(data_dir, 'meta.pkl'))
+    dataset_meta = data.read_meta(os.path.join(data_dir, 'meta.pkl'))
     if (dataset_meta is None) != (meta is None) or (meta is not None and dataset_meta['stoi'] != meta['stoi']):
         fail(f"{data_dir} is tokenised differently from the model "
              f"({'GPT-2 BPE' if dataset_meta is None else 'a character vocabulary'} there); "
              f"use the dataset it was trained on, or --text_file")
-    data = np.memmap(path, dtype=np.uint16, mode='r')
-    ids = np.asarray(data[:max_tokens] if max_tokens else data).astype(np.int64)
+    stored = np.memmap(path, dtype=np.uint16, mode='r')
+    ids = np.asarray(stored[:max_tokens] if max_tokens else stored).astype(np.int64)
     if ids.size and ids.max() >= vocab_size:
         fail(f"{path} has token ids >= the model's vocab_size ({vocab_size}); it was prepared for another model")
     if meta is None:
-        ids = np.concatenate([[tokenizer.gpt2_encoding().eot_token], ids])
+        ids = np.concatenate([[data.gpt2_encoding().eot_token], ids])
     if len(ids) < 2:
         fail(f"{path} is too short to measure")
     return ids
@@ -289,7 +287,7 @@ def text_loss(model, tokens, bytes_per_token, runtime, stride=0, batch_size=8, p
             idx[r, :end - begin] = tokens[begin:end]
             targets[r, scored_from - begin:end - begin] = tokens[scored_from + 1:end + 1]
         with runtime.autocast:
-            losses = model.token_losses(data_files.to_device(idx, runtime), data_files.to_device(targets, runtime))
+            losses = model.token_losses(data.to_device(idx, runtime), data.to_device(targets, runtime))
         sums += losses.sum()
     model.train(was_training)
     if runtime.ddp:

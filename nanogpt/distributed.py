@@ -1,21 +1,118 @@
 """
-Sharded data parallelism (PyTorch's FSDP2) for train.py under torchrun: each of N ranks keeps 1/N
-of the weights, the gradients and the AdamW state, where DDP keeps all of them on every rank.
+torchrun's processes: joining and leaving the process group, values every rank agrees on,
+stopping together, and sharded data parallelism (PyTorch's FSDP2).
 
-Checkpoints stay in the one-process format, so that a run can move between one process, DDP and
-FSDP, and sample.py, export_hf.py and the original nanoGPT read them: whole tensors, the
-optimizer's state keyed by parameter index, gathered to rank 0's CPU one tensor at a time.
-
-torch.distributed's FSDP modules take half a second to import, so they are imported only where
-FSDP is used, not in every run of train.py.
+FSDP: each of N ranks keeps 1/N of the weights, the gradients and the AdamW state, where DDP
+keeps all of them on every rank. Checkpoints stay in the one-process format, so that a run can
+move between one process, DDP and FSDP, and sample.py, export_hf.py and the original nanoGPT
+read them: whole tensors, the optimizer's state keyed by parameter index, gathered to rank 0's
+CPU one tensor at a time. torch.distributed's FSDP modules take half a second to import, so they
+are imported only where FSDP is used, not in every run of train.py.
 """
+
+import hashlib
 import os
+import signal
 import sys
 import warnings
 
 import torch
 
-from errors import fail
+from nanogpt.report import fail
+
+def torchrun_ranks():
+    """(under torchrun, rank, local rank, world size) from torchrun's environment; (False, 0, 0, 1) without it."""
+    if int(os.environ.get('RANK', -1)) == -1:
+        return False, 0, 0, 1
+    return True, int(os.environ['RANK']), int(os.environ['LOCAL_RANK']), int(os.environ['WORLD_SIZE'])
+
+
+def join_group(device, backend='auto'):
+    """Join torchrun's process group from this rank's device: nccl on CUDA, gloo elsewhere
+    ('auto'); returns the backend. leave_group below tears it down."""
+    if device.startswith('mps'):
+        fail("DDP is not supported on MPS; use --device=cpu with torchrun, or drop torchrun")
+    if backend == 'auto':
+        backend = 'nccl' if device.startswith('cuda') else 'gloo'
+    torch.distributed.init_process_group(backend=backend)
+    return backend
+
+
+def all_ranks_mean(value, runtime):
+    """The mean of a float over all DDP ranks (the value itself without DDP)."""
+    if not runtime.ddp:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=runtime.device)
+    torch.distributed.all_reduce(t)
+    return t.item() / runtime.world_size
+
+
+def any_rank(flags, runtime):
+    """Whether each flag (a bool or a one-element tensor on the device) is set on any rank, as bools.
+    This waits for the device (and, under DDP, for every rank), so training calls it only at its
+    checks: log lines and evaluations."""
+    flags = torch.stack([torch.as_tensor(flag, device=runtime.device).reshape(()).float() for flag in flags])
+    if runtime.ddp:
+        torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+    return [value > 0 for value in flags.tolist()]
+
+
+def gather_from_ranks(obj, runtime):
+    """A list of obj from every rank, in rank order (all ranks must call this together)."""
+    if not runtime.ddp:
+        return [obj]
+    gathered = [None] * runtime.world_size
+    torch.distributed.all_gather_object(gathered, obj)
+    return gathered
+
+
+def leave_group(runtime):
+    """Tear torchrun's process group down on every rank together: a rank that leaves while another
+    is still finishing a collective makes gloo abort that process at exit ("terminate called
+    without an active exception"; benchmarks/fsdp_memory.py hit it in 4 of 6 runs without this)."""
+    if runtime.ddp:
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
+class GracefulStop:
+    """Ctrl-C or SIGTERM asks the training loop to stop after the current step and save; a
+    second Ctrl-C aborts at once. (torchrun answers Ctrl-C with a SIGTERM to its workers;
+    that one is not taken as the second.)"""
+
+    def __init__(self):
+        self.requested = None
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        name = signal.Signals(signum).name
+        if self.requested == 'SIGINT' and name == 'SIGINT':
+            print("\nsecond Ctrl-C: stopping now, without saving", file=sys.stderr, flush=True)
+            os._exit(130)
+        if self.requested is None:
+            self.requested = name
+            print(f"\n{name}: stopping after this step to save a checkpoint (Ctrl-C again aborts at once)",
+                  file=sys.stderr, flush=True)
+
+    def exit_code(self):
+        return 128 + signal.Signals[self.requested or 'SIGTERM'].value
+
+
+def weights_digest(model):
+    """A hash of every parameter's bytes, to check that DDP ranks hold the same model."""
+    digest = hashlib.sha256()
+    for p in model.parameters():
+        digest.update(p.detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def check_weights_agree(model, runtime):
+    """DDP's promise, checked at the end of a run: every rank holds the same weights (rank 0 says so)."""
+    digests = gather_from_ranks(weights_digest(model), runtime)
+    if runtime.master:
+        print(f"weights identical on all {runtime.world_size} ranks" if len(set(digests)) == 1 else
+              f"WARNING: the ranks' weights differ: {digests}")
 
 
 def check_fsdp_setting(fsdp, device, optimizer='adamw', onednn='auto'):

@@ -15,10 +15,10 @@ import warnings
 import numpy as np
 import torch
 
-import data_files
-from errors import fail
 from model import GPT, MODERN_DEFAULTS, PRETRAINED, GPTConfig
-from sharding import local
+from nanogpt import data
+from nanogpt.distributed import load_optimizer_state, local
+from nanogpt.report import fail
 
 
 CKPT_NAME = 'ckpt.pt'  # the checkpoint train.py writes and sample.py reads, as in the original
@@ -211,6 +211,40 @@ def model_from_checkpoint(checkpoint, path, **overrides):
     return model
 
 
+def check_overrides(model, config, explicit, out_dir=None, pretrained=None):
+    """Shape settings given on the command line that the model contradicts, a one-line error: the
+    checkpoint resumed from out_dir, or pretrained weights (whose block_size may be cropped)."""
+    for k in MODEL_SHAPE_KEYS:
+        has = getattr(model.config, k)
+        if k not in explicit or config[k] == has or (pretrained and k == 'block_size'):
+            continue
+        if pretrained:
+            fail(f"{pretrained} has {k}={has}, not {config[k]}; drop --{k}")
+        fail(f"cannot resume with {k}={config[k]}: the checkpoint in {out_dir} has {k}={has}; drop --{k} "
+             f"or start a new run in another out_dir")
+
+
+def load_training_state(checkpoint, model, optimizer, scaler, optimizer_name, fsdp=False):
+    """A resumed run's optimizer state (sharded under FSDP) and float16 loss scale."""
+    try:
+        if fsdp:
+            load_optimizer_state(model, optimizer, checkpoint['optimizer'])
+        else:
+            optimizer.load_state_dict(checkpoint['optimizer'])
+    except (KeyError, ValueError, TypeError):
+        trained_with = checkpoint.get('config', {}).get('optimizer', 'adamw')
+        fail(f"the checkpoint's optimizer state is not {optimizer_name}'s; resume with --optimizer={trained_with}, "
+             f"the optimizer it was trained with")
+    if checkpoint.get('scaler'):  # empty unless the checkpoint was trained in float16
+        scaler.load_state_dict(checkpoint['scaler'])
+
+
+def changed_settings(checkpoint, config):
+    """'name old -> new' for each setting a resumed run changes from the checkpoint's."""
+    return [f"{k} {v!r} -> {config[k]!r}" for k, v in checkpoint.get('config', {}).items()
+            if k in config and k != 'init_from' and v != config[k]]
+
+
 def is_pretrained(init_from):
     return init_from in PRETRAINED or os.path.isdir(init_from)
 
@@ -241,14 +275,14 @@ def inference_model(init_from, out_dir):
         model = model_from_checkpoint(checkpoint, ckpt_path, dropout=0.0)
         # our checkpoints keep the vocabulary; the original's name the dataset whose meta.pkl has it
         dataset = checkpoint.get('config', {}).get('dataset')
-        meta = checkpoint.get('meta') or (data_files.read_meta(os.path.join('data', dataset, 'meta.pkl')) if dataset else None)
+        meta = checkpoint.get('meta') or (data.read_meta(os.path.join('data', dataset, 'meta.pkl')) if dataset else None)
         if meta is not None and meta['vocab_size'] != model.config.vocab_size:
             fail(f"the checkpoint's vocabulary ({model.config.vocab_size} tokens) differs from its "
                  f"dataset's meta.pkl ({meta['vocab_size']}); was the dataset prepared again since?")
         name = f"{ckpt_path} (iteration {checkpoint.get('iter_num', '?')})"
     elif is_pretrained(init_from):
         model = pretrained_model(init_from)
-        meta = data_files.read_meta(os.path.join(init_from, 'meta.pkl'))  # export_hf.py keeps a character vocabulary here
+        meta = data.read_meta(os.path.join(init_from, 'meta.pkl'))  # export_hf.py keeps a character vocabulary here
         name = init_from
     else:
         fail(f"unknown init_from {init_from!r}; use 'resume' (with --out_dir), a GPT-2 name or a Hugging Face folder")
@@ -294,6 +328,11 @@ def latest_checkpoint(out_dir):
 def checkpoint_iter(path):
     """A checkpoint's iteration, without reading its tensors (memory-mapped)."""
     return torch.load(path, map_location='cpu', mmap=True, weights_only=True)['iter_num']
+
+
+def describe(path):
+    """A checkpoint as a run names it to its user: its path and iteration, or that there is none."""
+    return f"{path} (iteration {checkpoint_iter(path)})" if os.path.exists(path) else "none was written"
 
 
 def all_finite(model):

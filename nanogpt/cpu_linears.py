@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from errors import fail
+from nanogpt.report import fail
 
 
 def onednn_usable(device_type, dtype, compile=False):

@@ -33,6 +33,9 @@ def test_with_every_new_setting_off_training_is_bit_identical_to_before(run, tmp
     assert before['model'].keys() == now['model'].keys()
     assert all(torch.equal(before['model'][k], now['model'][k]) for k in before['model'])
     assert before['model_args'] == now['model_args']  # what the original nanoGPT reads
+    # and the older version's checkpoint resumes here
+    resumed = run('train.py', *args, '--out_dir=before', '--init_from=resume', '--max_iters=52')
+    assert 'resuming from before/ckpt.pt at iteration 50' in resumed.stdout and 'done: 52 iterations' in resumed.stdout
 
 
 @pytest.mark.slow

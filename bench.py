@@ -119,8 +119,9 @@ if mode == 'train':
     def get_batch():
         if not real_data:
             return fixed[:, :-1], fixed[:, 1:]
-        starts = np.random.randint(0, os.path.getsize(train_path) // 2 - block_size, batch_size)
-        tokens = data.load_blocks(train_path, starts, block_size, rt)
+        token_dtype = data.token_dtype(meta)  # uint16, or uint32 for vocabularies above 65,536
+        starts = np.random.randint(0, os.path.getsize(train_path) // token_dtype.itemsize - block_size, batch_size)
+        tokens = data.load_blocks(train_path, starts, block_size, rt, dtype=token_dtype)
         return tokens[:, :-1], tokens[:, 1:]
 
     def train_step():

@@ -3,7 +3,7 @@ Evaluate a model: HellaSwag accuracy, and held-out loss and bits per byte of a t
 
 $ python eval.py --init_from=gpt2                              # HellaSwag (10,042 examples), downloaded once
 $ python eval.py --out_dir=out                                 # a checkpoint of ours (out/ckpt.pt)
-$ python eval.py --init_from=gpt2 --text_file=input.txt        # and bits per byte of a text file
+$ python eval.py --init_from=gpt2 --text_file=input.txt        # loss and bits per byte of a text file (only)
 $ python eval.py --out_dir=out --dataset=fineweb --hellaswag=False   # loss and bits per byte of data/fineweb/val.bin
 $ torchrun --standalone --nproc_per_node=8 eval.py --init_from=gpt2-xl   # split across GPUs
 
@@ -24,7 +24,7 @@ from configurator import configure
 # -----------------------------------------------------------------------------
 init_from = 'resume'  # 'resume' reads out_dir/ckpt.pt; or 'gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl', or a Hugging Face folder
 out_dir = 'out'  # where the checkpoint is (for init_from='resume')
-hellaswag = 'auto'  # HellaSwag: 'auto' runs it for models with GPT-2's BPE vocabulary; True, False
+hellaswag = 'auto'  # HellaSwag: 'auto' runs it when neither text_file nor dataset is given; True, False
 hellaswag_file = ''  # '' means data/hellaswag/hellaswag_val.jsonl, downloaded once
 max_examples = 0  # HellaSwag: the first this many examples only; 0 for all
 details_file = ''  # HellaSwag: write every example's per-ending losses and choices here (JSON lines)
@@ -50,10 +50,10 @@ if hellaswag not in (True, False, 'auto'):
 rt = runtime.setup_runtime(device, dtype, compile, backend, seed, onednn)
 model, meta, model_name = checkpoints.inference_model(init_from, out_dir)
 vocab_size, block_size = model.config.vocab_size, model.config.block_size
-run_hellaswag = hellaswag is True or (hellaswag == 'auto' and evals.is_bpe(meta, vocab_size))
+run_hellaswag = hellaswag is True or (hellaswag == 'auto' and not (text_file or dataset))
 if not (run_hellaswag or text_file or dataset):
-    report.fail("nothing to evaluate: HellaSwag needs a model with GPT-2's BPE vocabulary; give --text_file=PATH "
-                "or --dataset=NAME for loss and bits per byte")
+    report.fail("nothing to evaluate: give --text_file=PATH or --dataset=NAME for loss and bits per byte, "
+                "or --hellaswag=True")
 # the data first, so that a mistake in it shows before the model is placed and timed
 examples = evals.load_hellaswag(hellaswag_file, rt, meta, vocab_size, max_examples) if run_hellaswag else None
 texts = []  # (task name, token ids)
@@ -70,9 +70,8 @@ if rt.compile:
     # data-dependent shape, which would break the graph)
     model.hidden_states = torch.compile(model.hidden_states, dynamic=True)
 if rt.master:
-    processes = f"{rt.world_size} processes (DDP, {rt.backend})" if rt.ddp else "1 process"
     print(f"{model_name}: {model.get_num_params() / 1e6:.2f}M parameters, context {block_size}; device {rt.device}, "
-          f"dtype {rt.dtype}, {processes}{runtime.describe_linears(rt)}", flush=True)
+          f"dtype {rt.dtype}, {runtime.describe_processes(rt)}{runtime.describe_linears(rt)}", flush=True)
 
 results = []  # dicts for the JSON lines
 

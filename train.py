@@ -39,6 +39,7 @@ wandb_project = 'owt'
 wandb_run_name = 'gpt2'
 # data
 dataset = 'openwebtext'  # reads data/<dataset>/train.bin, val.bin and meta.pkl if any
+batching = 'random'  # rows start anywhere, as in the original; 'documents': each at a document's first token
 gradient_accumulation_steps = 5 * 8  # micro-steps per optimizer step, summed over all DDP ranks
 batch_size = 12  # sequences per micro-step (per rank)
 block_size = 1024  # context length in tokens
@@ -128,6 +129,7 @@ elif init_from == 'resume':
     checkpoint = checkpoints.load_checkpoint(resume_path, 'cpu' if fsdp else rt.device, mmap=fsdp)
     model = checkpoints.model_from_checkpoint(checkpoint, resume_path, dropout=dropout)
     checkpoints.check_overrides(model, config, explicit, out_dir=out_dir)
+    checkpoints.check_tokenizer(checkpoint, meta, data_dir)
     iter_num, best_val_loss = checkpoint['iter_num'], float(checkpoint['best_val_loss'])
     if (changed := checkpoints.changed_settings(checkpoint, config)) and rt.master:
         print(f"settings changed since the checkpoint: {', '.join(changed)}")
@@ -148,7 +150,9 @@ vocab_size = model.config.vocab_size
 if meta and meta['vocab_size'] != vocab_size:
     report.fail(f"the model's vocabulary ({vocab_size} tokens) differs from {data_dir}/meta.pkl "
                 f"({meta['vocab_size']}); train on the dataset the checkpoint was made for")
-unscanned_splits = data.check_bins(bin_paths, block_size, vocab_size)  # too big to scan: checked per batch
+token_dtype = data.token_dtype(meta)  # uint16, or uint32 for vocabularies above 65,536
+unscanned_splits = data.check_bins(bin_paths, block_size, vocab_size, token_dtype)  # these: checked per batch
+row_starts = data.document_rows(batching, bin_paths, meta, block_size, token_dtype)  # None: start anywhere
 hellaswag = evals.load_hellaswag(hellaswag_file, rt, meta, vocab_size) if hellaswag_interval else None
 tokens_per_iter = gradient_accumulation_steps * rt.world_size * batch_size * block_size
 if fsdp:  # block by block onto the device, sharded: no rank ever holds the whole model there
@@ -169,7 +173,7 @@ if rt.compile:
     model = runtime.compile_model(raw_model, model, compile_scope, say=rt.master)
 
 
-# data: random blocks of block_size + 1 tokens from the memory-mapped .bin files
+# data: blocks of block_size + 1 tokens from the memory-mapped .bin files, at random starts
 batch_generator = torch.Generator()
 
 
@@ -177,10 +181,14 @@ def get_batch(split, sample_seed):
     # Each batch is a pure function of its seed (rank, iteration, micro-step): a resumed run sees
     # the same batches as an uninterrupted one without carrying loader state around.
     batch_generator.manual_seed(hash((seed, rt.rank) + sample_seed) % 2**63)
-    n_tokens = os.path.getsize(bin_paths[split]) // 2
-    starts = torch.randint(n_tokens - block_size, (batch_size,), generator=batch_generator).numpy()
+    if row_starts:  # rows filled from a document's first token on (with whole or cut documents)
+        pick = torch.randint(len(row_starts[split]), (batch_size,), generator=batch_generator)
+        starts = row_starts[split][pick.numpy()]
+    else:
+        n_tokens = os.path.getsize(bin_paths[split]) // token_dtype.itemsize
+        starts = torch.randint(n_tokens - block_size, (batch_size,), generator=batch_generator).numpy()
     tokens = data.load_blocks(bin_paths[split], starts, block_size, rt,
-                              vocab_size if split in unscanned_splits else None)
+                              vocab_size if split in unscanned_splits else None, token_dtype)
     return tokens[:, :-1], tokens[:, 1:]
 
 
@@ -265,10 +273,8 @@ checkpoint = None  # free the memory
 
 stop = distributed.GracefulStop()  # from here on Ctrl-C / SIGTERM: finish the step, save, exit
 if rt.master:
-    processes = f"{rt.world_size} processes ({'FSDP' if fsdp else 'DDP'}, {rt.backend})" if rt.ddp else \
-        '1 process'
-    print(f"device {rt.device}, dtype {rt.dtype}, compile {rt.compile}, {processes}"
-          f"{runtime.describe_linears(rt)}")
+    print(f"device {rt.device}, dtype {rt.dtype}, compile {rt.compile}, "
+          f"{runtime.describe_processes(rt, fsdp)}{runtime.describe_linears(rt)}")
     modern = raw_model.config.modern_choices() and f"; modern: {report.describe_choices(raw_model.config)}"
     shape = raw_model.config
     print(f"model: {report.format_count(n_params)} parameters ({shape.n_layer} layers, {shape.n_head} heads, "
@@ -321,8 +327,7 @@ while True:
         scores = evals.hellaswag(raw_model, hellaswag, rt, batch_size)
         log.event('hellaswag', f"step {iter_num}: hellaswag acc_norm {scores['acc_norm']:.4f}, "
                   f"acc {scores['acc']:.4f} ({scores['examples']:,} examples, {scores['seconds']:.1f} s)",
-                  iter=iter_num,
-                  **{k: scores[k] for k in ('acc', 'acc_norm', 'examples', 'seconds')},
+                  iter=iter_num, **{k: scores[k] for k in ('acc', 'acc_norm', 'examples', 'seconds')},
                   wandb={'hellaswag/acc': scores['acc'], 'hellaswag/acc_norm': scores['acc_norm']})
         hellaswag_seconds = scores['seconds']
         t0 += hellaswag_seconds  # not training time either
@@ -369,11 +374,7 @@ while True:
     stopped = stopped or stop_anywhere
     if diverged:  # every rank sees it at the same check, so all stop together
         if rt.master:
-            when = f"at iteration {iter_num}" if last_check + 1 == iter_num else \
-                f"between iterations {last_check + 1} and {iter_num}"
-            print(f"train.py: the loss became non-finite {when}; stopping without saving. Last good "
-                  f"checkpoint: {checkpoints.describe(ckpt_path)}. Lower --learning_rate or check the data, "
-                  f"then resume from it", file=sys.stderr, flush=True)
+            report.say_diverged(last_check + 1, iter_num, checkpoints.describe(ckpt_path))
         break
     last_check = iter_num
     if logging and rt.master:

@@ -8,7 +8,7 @@ import os
 import numpy as np
 import torch
 
-from nanogpt import checkpoints
+from nanogpt import checkpoints, data
 
 
 def whole_val_loss(out_dir, data_dir, block_size=64, blocks_per_batch=256):
@@ -18,7 +18,8 @@ def whole_val_loss(out_dir, data_dir, block_size=64, blocks_per_batch=256):
     if not os.path.exists(path):
         return None
     model = checkpoints.model_from_checkpoint(checkpoints.load_checkpoint(path), path).eval()
-    val = np.fromfile(os.path.join(data_dir, 'val.bin'), dtype=np.uint16).astype(np.int64)
+    dtype = data.token_dtype(data.read_meta(os.path.join(data_dir, 'meta.pkl')))
+    val = np.fromfile(os.path.join(data_dir, 'val.bin'), dtype=dtype).astype(np.int64)
     n_blocks = (len(val) - 1) // block_size
     inputs = torch.from_numpy(val[:n_blocks * block_size]).view(n_blocks, block_size)
     targets = torch.from_numpy(val[1:n_blocks * block_size + 1]).view(n_blocks, block_size)

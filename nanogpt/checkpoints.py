@@ -224,6 +224,16 @@ def check_overrides(model, config, explicit, out_dir=None, pretrained=None):
              f"or start a new run in another out_dir")
 
 
+def check_tokenizer(checkpoint, meta, data_dir):
+    """A resumed checkpoint must read the dataset's tokens as they were written: the same tokenizer
+    (checked where the checkpoint records one; the original's do not)."""
+    if 'meta' not in checkpoint or data.tokenizer_name(checkpoint['meta']) == data.tokenizer_name(meta) == 'char':
+        return  # two character vocabularies: the vocabulary check after this one names their sizes
+    if not data.same_tokenizer(checkpoint['meta'], meta):
+        fail(f"the checkpoint was trained with another tokenizer ({data.tokenizer_name(checkpoint['meta'])}) "
+             f"than {data_dir} has ({data.tokenizer_name(meta)}); resume on the data it was trained on")
+
+
 def load_training_state(checkpoint, model, optimizer, scaler, optimizer_name, fsdp=False):
     """A resumed run's optimizer state (sharded under FSDP) and float16 loss scale."""
     try:

@@ -1,7 +1,8 @@
 """
 Datasets on disk, in the original's format: train.bin and val.bin (uint16 token ids) and an
-optional meta.pkl (a character vocabulary); reading them, checking them and writing them; and
-text to token ids and back (a dataset's characters, or GPT-2's BPE through tiktoken).
+optional meta.pkl (a character vocabulary, or a BPE of the dataset's own, and uint32 ids where its
+vocabulary outgrows uint16); reading them, checking them and writing them; and text to token ids
+and back (a dataset's characters, its own BPE, or GPT-2's BPE through tiktoken).
 """
 
 import os
@@ -17,6 +18,15 @@ def dataset_paths(data_dir):
     return {split: os.path.join(data_dir, f'{split}.bin') for split in ('train', 'val')}
 
 
+GPT2_EOT = 50256  # GPT-2 BPE's <|endoftext|>, which ends each document of its datasets
+
+
+def token_dtype(meta):
+    """How a dataset's .bin files store token ids: uint16 (the original's format) unless its
+    meta.pkl says uint32, which data/prepare.py writes for vocabularies above 65,536."""
+    return np.dtype((meta or {}).get('dtype', 'uint16'))
+
+
 def check_dataset(data_dir, dataset):
     """Check that a dataset is prepared; return its meta.pkl contents, or None without one."""
     prepare = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'data', dataset, 'prepare.py')
@@ -24,16 +34,20 @@ def check_dataset(data_dir, dataset):
         f"put train.bin and val.bin (uint16 token ids) in {data_dir}"
     if not os.path.isdir(data_dir):
         fail(f"dataset folder {data_dir} does not exist; {hint}")
+    meta = read_meta(os.path.join(data_dir, 'meta.pkl'), hint)
+    dtype = token_dtype(meta)
     for path in dataset_paths(data_dir).values():
         if not os.path.exists(path):
             fail(f"{path} is missing, the dataset is not prepared; {hint}")
-        if os.path.getsize(path) % 2:
-            fail(f"{path} has an odd number of bytes, so it is not uint16 token ids; prepare it again")
-    return read_meta(os.path.join(data_dir, 'meta.pkl'), hint)
+        if os.path.getsize(path) % dtype.itemsize:
+            fail(f"{path} is not a whole number of {dtype} token ids ({os.path.getsize(path)} bytes); "
+                 f"prepare it again")
+    return meta
 
 
 def read_meta(path, hint="prepare the dataset again"):
-    """A character vocabulary (meta.pkl: vocab_size, stoi, itos), or None where there is none."""
+    """A dataset's tokenizer (meta.pkl: vocab_size, and a character vocabulary's stoi and itos, or
+    data/prepare.py's BPE as tokenizer='bpe' with its tokenizer_json), or None for GPT-2 BPE."""
     if not os.path.exists(path):
         return None
     try:
@@ -45,33 +59,60 @@ def read_meta(path, hint="prepare the dataset again"):
     return meta
 
 
+def write_meta(out_dir, meta):
+    """out_dir/meta.pkl, read back by read_meta."""
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, 'meta.pkl'), 'wb') as f:
+        pickle.dump(meta, f)
+
+
+def tokenizer_name(meta):
+    """'gpt2' (no meta.pkl), 'char' or 'bpe': what a dataset's or a checkpoint's tokens are."""
+    return 'gpt2' if meta is None else meta.get('tokenizer', 'char')
+
+
+def bpe_tokenizer(meta):
+    """The byte-level BPE that data/prepare.py trained, from the JSON a meta.pkl carries."""
+    from tokenizers import Tokenizer
+    return Tokenizer.from_str(meta['tokenizer_json'])
+
+
+def same_tokenizer(a, b):
+    """Whether two meta.pkl contents (None: GPT-2 BPE) turn text into the same ids."""
+    if tokenizer_name(a) != tokenizer_name(b):
+        return False
+    if tokenizer_name(a) == 'bpe':
+        return a['tokenizer_json'] == b['tokenizer_json']
+    return a is None or a['stoi'] == b['stoi']
+
+
 FULL_SCAN_BYTES = 1 << 30  # .bin files up to this size are scanned for bad token ids before training
 
 
-def check_bins(paths, block_size, vocab_size):
+def check_bins(paths, block_size, vocab_size, dtype=np.dtype('uint16')):
     """Each split must hold a whole block plus its target, and (if small enough to scan) no token id
     the model cannot embed. Returns the splits that were not scanned: their batches must be checked
     as they are read (load_blocks' vocab_size)."""
     unscanned = set()
     for split, path in paths.items():
-        tokens = os.path.getsize(path) // 2
+        tokens = os.path.getsize(path) // dtype.itemsize
         if tokens < block_size + 1:
             fail(f"{path} holds {tokens} tokens, fewer than block_size + 1 = {block_size + 1}; "
                  f"use a smaller --block_size or more data")
-        if tokens * 2 > FULL_SCAN_BYTES:
+        if tokens * dtype.itemsize > FULL_SCAN_BYTES:
             unscanned.add(split)
-        elif max_token(path) >= vocab_size:
+        elif max_token(path, dtype) >= vocab_size:
             fail(f"{path} has token ids >= the model's vocab_size ({vocab_size}); "
                  f"prepare the dataset again or train a model with a larger vocabulary")
     return unscanned
 
 
-def load_blocks(path, starts, block_size, runtime, vocab_size=None):
+def load_blocks(path, starts, block_size, runtime, vocab_size=None, dtype=np.dtype('uint16')):
     """Blocks of block_size + 1 tokens starting at starts, from a memory-mapped .bin, on the device.
     The memmap is opened per call, so that pages already read do not pile up in resident memory;
     on CUDA the copy goes through pinned memory and overlaps with compute. With vocab_size, the
     token ids are checked here, on the host, where it costs no wait for the GPU."""
-    data = np.memmap(path, dtype=np.uint16, mode='r')
+    data = np.memmap(path, dtype=dtype, mode='r')
     blocks = data[np.asarray(starts)[:, None] + np.arange(block_size + 1)]
     if vocab_size is not None and blocks.max() >= vocab_size:
         fail(f"{path} has token ids >= vocab_size ({vocab_size}); prepare the dataset again",
@@ -88,13 +129,44 @@ def to_device(array, runtime):
     return tensor.to(runtime.device)
 
 
-def max_token(path, chunk_tokens=1 << 24):
+def max_token(path, dtype=np.dtype('uint16'), chunk_tokens=1 << 24):
     """The largest token id in a .bin file, read in bounded chunks rather than all at once."""
     largest = 0
     with open(path, 'rb') as f:
-        while chunk := f.read(chunk_tokens * 2):
-            largest = max(largest, int(np.frombuffer(chunk, dtype=np.uint16).max()))
+        while chunk := f.read(chunk_tokens * dtype.itemsize):
+            largest = max(largest, int(np.frombuffer(chunk, dtype=dtype).max()))
     return largest
+
+
+def document_rows(batching, paths, meta, block_size, dtype):
+    """For batching='documents': where each split's documents begin, the starts a row may take;
+    None for batching='random', whose rows start anywhere."""
+    if batching not in ('random', 'documents'):
+        fail(f"batching must be 'random' or 'documents', not {batching!r}")
+    if batching == 'random':
+        return None
+    eot = GPT2_EOT if meta is None else meta.get('eot')
+    if eot is None:
+        fail(f"batching='documents' needs documents, and {os.path.dirname(paths['train'])} has no end-of-text "
+             f"token (a character vocabulary of one text); prepare it with data/prepare.py, or batch at random")
+    rows = {split: document_starts(path, eot, block_size, dtype) for split, path in paths.items()}
+    for split, starts in rows.items():
+        if not len(starts):
+            fail(f"{paths[split]} has no document with block_size + 1 = {block_size + 1} tokens after its start; "
+                 f"use a smaller --block_size or batch at random")
+    return rows
+
+
+def document_starts(path, eot, block_size, dtype=np.dtype('uint16'), chunk_tokens=1 << 24):
+    """Where the documents of a .bin file begin (its first token, and each one after an end-of-text
+    token), leaving out those too near the end for a block: the rows of batching='documents'."""
+    n_tokens = os.path.getsize(path) // dtype.itemsize
+    ids = np.memmap(path, dtype=dtype, mode='r')
+    starts = [np.zeros(1, dtype=np.int64)]
+    for offset in range(0, n_tokens, chunk_tokens):
+        starts.append(np.flatnonzero(ids[offset:offset + chunk_tokens] == eot).astype(np.int64) + offset + 1)
+    starts = np.concatenate(starts)
+    return starts[starts < n_tokens - block_size]
 
 
 def download(url, path, hint):
@@ -132,13 +204,17 @@ def write_bins(out_dir, train_ids, val_ids):
     for name, ids in (('train', train_ids), ('val', val_ids)):
         ids = np.asarray(ids)
         if ids.size and ids.max() >= 2 ** 16:
-            fail(f"token id {ids.max()} does not fit in uint16 (the .bin format); use a smaller vocabulary")
+            fail(f"token id {ids.max()} does not fit in uint16 (the .bin format); use a smaller vocabulary, "
+                 f"or data/prepare.py, which writes uint32 ids for larger ones")
         ids.astype(np.uint16).tofile(os.path.join(out_dir, f'{name}.bin'))
     print(f"train has {len(train_ids):,} tokens, val has {len(val_ids):,} tokens")
 
 
 def load_tokenizer(meta):
-    """encode/decode from a dataset's meta.pkl (character level), or GPT-2 BPE without one."""
+    """encode/decode from a dataset's meta.pkl (characters, or a BPE of its own), or GPT-2 BPE without one."""
+    if tokenizer_name(meta) == 'bpe':
+        bpe = bpe_tokenizer(meta)
+        return (lambda text: bpe.encode(text).ids), (lambda ids: bpe.decode(ids, skip_special_tokens=False))
     if meta is not None:
         stoi, itos = meta['stoi'], meta['itos']
 

@@ -8,9 +8,9 @@ and llm.c do: for each of an example's 4 endings, the row is the context's token
 the tokens of " " + ending, and only the ending's tokens are scored. acc counts the examples whose
 right ending has the lowest summed loss, acc_norm those whose right ending has the lowest mean
 loss per token. A batch holds the 4 rows of batch_size examples, padded on the right and masked.
-A context longer than block_size is cropped from the left. It needs a model with GPT-2's BPE
-vocabulary: a character-level model (a meta.pkl vocabulary) lacks many of HellaSwag's characters
-and its scores would mean nothing next to GPT-2's, so it is refused with a one-line error.
+A context longer than block_size is cropped from the left. The text is tokenised as the model
+reads: GPT-2's BPE, a byte-level BPE of its own (data/prepare.py), or its characters, where its
+vocabulary holds every one of HellaSwag's (otherwise a one-line error says it cannot be scored).
 
 Bits per byte: the summed loss of a text's tokens, each predicted from what precedes it, over
 ln 2 and over the UTF-8 bytes those tokens spell. A byte is a byte whatever the tokenizer, so a
@@ -99,25 +99,45 @@ def is_bpe(meta, vocab_size):
 
 def check_bpe(meta, vocab_size, what='HellaSwag'):
     if meta is not None:
-        fail(f"{what} needs a model with GPT-2's BPE vocabulary, and this one has a {meta['vocab_size']}-character "
-             f"vocabulary; measure it with --text_file=PATH or --dataset=NAME (bits per byte) instead")
+        fail(f"{what} needs a model with GPT-2's BPE vocabulary, and this one has {data.tokenizer_name(meta)} tokens "
+             f"({meta['vocab_size']}); measure it with --text_file=PATH or --dataset=NAME (bits per byte) instead")
     if vocab_size < GPT2_VOCAB:
         fail(f"{what} needs a model with GPT-2's BPE vocabulary ({GPT2_VOCAB} tokens); this one has {vocab_size}")
 
 
+def hellaswag_encoder(meta, vocab_size, texts):
+    """text -> ids for HellaSwag in the model's own tokens: GPT-2 BPE, a byte-level BPE of ours (it
+    spells any text), or a character vocabulary that holds every character of texts."""
+    name = data.tokenizer_name(meta)
+    if name == 'gpt2':
+        check_bpe(meta, vocab_size)
+        enc = data.gpt2_encoding()
+        return lambda batch: enc.encode_ordinary_batch(batch), enc.eot_token
+    if name == 'bpe':
+        bpe = data.bpe_tokenizer(meta)
+        return lambda batch: [e.ids for e in bpe.encode_batch(batch)], meta['eot']
+    missing = sorted(set(''.join(texts)) - meta['stoi'].keys())
+    if missing:
+        fail(f"HellaSwag has characters this model's vocabulary lacks ({len(missing)} of them, e.g. "
+             f"{''.join(missing[:10])!r}), so it cannot be scored; measure the model with --text_file=PATH or "
+             f"--dataset=NAME (bits per byte)")
+    stoi = meta['stoi']
+    return lambda batch: [[stoi[c] for c in text] for text in batch], meta.get('eot', stoi.get('\n', 0))
+
+
 def load_hellaswag(path, runtime, meta, vocab_size, limit=0):
-    """HellaSwag's examples tokenised with GPT-2 BPE, for hellaswag(): from path, or the default file
-    (downloaded once). limit keeps the first limit examples (0: all). Checks first that the model
-    (its character vocabulary meta, or None, and vocab_size) can take them."""
-    check_bpe(meta, vocab_size)
+    """HellaSwag's examples in the model's tokens (its meta: None for GPT-2 BPE), for hellaswag():
+    from path, or the default file (downloaded once). limit keeps the first limit examples (0: all).
+    A model of GPT-2's vocabulary is checked first, before any download."""
+    if data.tokenizer_name(meta) == 'gpt2':
+        check_bpe(meta, vocab_size)
     raw = read_hellaswag(hellaswag_path(path, runtime))
     raw = raw[:limit] if limit else raw
-    enc = data.gpt2_encoding()
-    contexts = enc.encode_ordinary_batch([e['ctx'] for e in raw])
-    endings = enc.encode_ordinary_batch([' ' + ending for e in raw for ending in e['endings']])
+    contexts, endings = [e['ctx'] for e in raw], [' ' + ending for e in raw for ending in e['endings']]
+    encode, eot = hellaswag_encoder(meta, vocab_size, contexts + endings)
+    contexts, endings = encode(contexts), encode(endings)
     # an empty context would leave the ending's first token nothing to be predicted from
-    return [Example(i, contexts[i] or [enc.eot_token], endings[4 * i:4 * i + 4], e['label'])
-            for i, e in enumerate(raw)]
+    return [Example(i, contexts[i] or [eot], endings[4 * i:4 * i + 4], e['label']) for i, e in enumerate(raw)]
 
 
 def hellaswag_rows(batch, block_size):
@@ -201,6 +221,12 @@ def token_bytes(meta, vocab_size):
         for i in range(min(enc.n_vocab, vocab_size)):
             if i != enc.eot_token:
                 table[i] = len(enc.decode_single_token_bytes(i))
+    elif data.tokenizer_name(meta) == 'bpe':
+        # a byte-level BPE spells each byte as one character: a token's length is its bytes
+        bpe = data.bpe_tokenizer(meta)
+        for i in range(min(bpe.get_vocab_size(), vocab_size)):
+            if i != meta['eot']:
+                table[i] = len(bpe.id_to_token(i))
     else:
         for i, char in meta['itos'].items():
             if i < vocab_size:
@@ -217,6 +243,9 @@ def text_tokens(path, meta, max_tokens=0):
         enc = data.gpt2_encoding()
         ids = enc.encode_ordinary(text)
         ids = [enc.eot_token] + (ids[:max_tokens] if max_tokens else ids)
+    elif data.tokenizer_name(meta) == 'bpe':
+        ids = data.bpe_tokenizer(meta).encode(text).ids
+        ids = [meta['eot']] + (ids[:max_tokens] if max_tokens else ids)
     else:
         unknown = sorted(set(text) - meta['stoi'].keys())
         if unknown:
@@ -233,19 +262,20 @@ def val_tokens(dataset, meta, vocab_size, max_tokens=0):
     the rest). The dataset must be tokenised the way the model is."""
     data_dir = os.path.join('data', dataset)
     path = data.dataset_paths(data_dir)['val']
-    if not os.path.exists(path) or os.path.getsize(path) % 2:
-        fail(f"{path} is missing or not uint16 token ids; prepare the dataset first (data/{dataset}/prepare.py)")
     dataset_meta = data.read_meta(os.path.join(data_dir, 'meta.pkl'))
-    if (dataset_meta is None) != (meta is None) or (meta is not None and dataset_meta['stoi'] != meta['stoi']):
-        fail(f"{data_dir} is tokenised differently from the model "
-             f"({'GPT-2 BPE' if dataset_meta is None else 'a character vocabulary'} there); "
-             f"use the dataset it was trained on, or --text_file")
-    stored = np.memmap(path, dtype=np.uint16, mode='r')
+    dtype = data.token_dtype(dataset_meta)
+    if not os.path.exists(path) or os.path.getsize(path) % dtype.itemsize:
+        fail(f"{path} is missing or not {dtype} token ids; prepare the dataset first (data/{dataset}/prepare.py)")
+    if not data.same_tokenizer(dataset_meta, meta):
+        there = {'gpt2': 'GPT-2 BPE', 'char': 'a character vocabulary', 'bpe': 'a BPE of its own'}
+        fail(f"{data_dir} is tokenised differently from the model ({there[data.tokenizer_name(dataset_meta)]} "
+             f"there); use the dataset it was trained on, or --text_file")
+    stored = np.memmap(path, dtype=dtype, mode='r')
     ids = np.asarray(stored[:max_tokens] if max_tokens else stored).astype(np.int64)
     if ids.size and ids.max() >= vocab_size:
         fail(f"{path} has token ids >= the model's vocab_size ({vocab_size}); it was prepared for another model")
-    if meta is None:
-        ids = np.concatenate([[data.gpt2_encoding().eot_token], ids])
+    if meta is None or data.tokenizer_name(meta) == 'bpe':
+        ids = np.concatenate([[data.gpt2_encoding().eot_token if meta is None else meta['eot']], ids])
     if len(ids) < 2:
         fail(f"{path} is too short to measure")
     return ids

@@ -104,6 +104,14 @@ def describe_choices(config):
     return ', '.join(words.get(name) or f"{name}={value}" for name, value in config.modern_choices().items())
 
 
+def say_diverged(first_iter, last_iter, last_good):
+    """train.py's line for a loss that became non-finite somewhere in first_iter..last_iter."""
+    when = f"at iteration {last_iter}" if first_iter == last_iter else \
+        f"between iterations {first_iter} and {last_iter}"
+    print(f"train.py: the loss became non-finite {when}; stopping without saving. Last good checkpoint: "
+          f"{last_good}. Lower --learning_rate or check the data, then resume from it", file=sys.stderr, flush=True)
+
+
 def fail(message, every_rank=False):
     """Bad input, not a bug: say what to do in one line on stderr and exit with status 2.
     Under DDP every rank finds the same mistake, so only rank 0 says it, unless the

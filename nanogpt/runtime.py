@@ -151,6 +151,13 @@ def place_model(model, runtime, rows, backward=True, onednn_choice=None):
     return use_onednn_linears(model) if runtime.onednn else model
 
 
+def describe_processes(runtime, fsdp=False):
+    """For start-up lines: '1 process', or how many under torchrun, how they share the work, and the backend."""
+    if not runtime.ddp:
+        return '1 process'
+    return f"{runtime.world_size} processes ({'FSDP' if fsdp else 'DDP'}, {runtime.backend})"
+
+
 def describe_linears(runtime):
     """For start-up lines: ', oneDNN linears' where they are on, with what 'auto' measured."""
     if runtime.onednn_speedup is None:

@@ -1,11 +1,13 @@
 """Shared fixtures: run the repo's scripts as a user would, on tiny data in tmp_path."""
 import importlib.util
+import json
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from nanogpt.report import read_metrics
@@ -155,3 +157,33 @@ def assert_one_line_error(result, *fragments):
     assert 'Traceback' not in result.stderr
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
+
+
+# HellaSwag in its own file format, for eval.py and train.py --hellaswag_interval
+def hellaswag_line(ind, ctx_a, ctx_b, endings, label):
+    """One line of hellaswag_val.jsonl, with every field the real file has."""
+    return json.dumps({"ind": ind, "activity_label": "Roof shingle removal", "ctx_a": ctx_a, "ctx_b": ctx_b,
+                       "ctx": f"{ctx_a} {ctx_b}".strip(), "split": "val", "split_type": "indomain", "label": label,
+                       "endings": endings, "source_id": f"activitynet~v_{ind:08d}"})
+
+
+def write_hellaswag(path, examples):
+    """examples: (ctx_a, ctx_b, endings, label) each."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(''.join(hellaswag_line(i, *e) + '\n' for i, e in enumerate(examples)), encoding='utf-8')
+    return path
+
+
+WORDS = ('a man is sitting on the roof he starts pulling up shingles and throws them down to the ground while '
+         'a woman holds the ladder then she climbs up with a hammer in her hand').split()
+
+
+def varied_examples(n, seed=0):
+    """n examples of varied lengths, the second one with a context longer than the models' context."""
+    rng = np.random.default_rng(seed)
+    examples = []
+    for i in range(n):
+        ctx = ' '.join(rng.choice(WORDS, 150 if i == 1 else rng.integers(3, 30)))
+        endings = [' '.join(rng.choice(WORDS, rng.integers(1, 15))) + '.' for _ in range(4)]
+        examples.append((ctx.capitalize() + '.', WORDS[i % len(WORDS)], endings, int(rng.integers(4))))
+    return examples

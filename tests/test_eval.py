@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import (REPO, TINY_MODEL, assert_one_line_error, needs_bpe, random_hf_gpt2, run_torchrun,
-                      sample_text)
+from conftest import (REPO, TINY_MODEL, assert_one_line_error, hellaswag_line, needs_bpe, random_hf_gpt2,
+                      run_torchrun, sample_text, varied_examples, write_hellaswag)
 from nanogpt.evals import GPT2_VOCAB
 from model import GPT
 from nanogpt.report import read_metrics
@@ -20,35 +20,6 @@ transformers = pytest.importorskip('transformers')
 pytestmark = needs_bpe  # GPT-2 BPE everywhere here
 
 N_POSITIONS = 64  # the random models' context
-
-
-def hellaswag_line(ind, ctx_a, ctx_b, endings, label):
-    """One line of hellaswag_val.jsonl, with every field the real file has."""
-    return json.dumps({"ind": ind, "activity_label": "Roof shingle removal", "ctx_a": ctx_a, "ctx_b": ctx_b,
-                       "ctx": f"{ctx_a} {ctx_b}".strip(), "split": "val", "split_type": "indomain", "label": label,
-                       "endings": endings, "source_id": f"activitynet~v_{ind:08d}"})
-
-
-def write_hellaswag(path, examples):
-    """examples: (ctx_a, ctx_b, endings, label) each."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(''.join(hellaswag_line(i, *e) + '\n' for i, e in enumerate(examples)), encoding='utf-8')
-    return path
-
-
-WORDS = ('a man is sitting on the roof he starts pulling up shingles and throws them down to the ground while '
-         'a woman holds the ladder then she climbs up with a hammer in her hand').split()
-
-
-def varied_examples(n, seed=0):
-    """n examples of varied lengths, the second one with a context longer than the models' context."""
-    rng = np.random.default_rng(seed)
-    examples = []
-    for i in range(n):
-        ctx = ' '.join(rng.choice(WORDS, 150 if i == 1 else rng.integers(3, 30)))
-        endings = [' '.join(rng.choice(WORDS, rng.integers(1, 15))) + '.' for _ in range(4)]
-        examples.append((ctx.capitalize() + '.', WORDS[i % len(WORDS)], endings, int(rng.integers(4))))
-    return examples
 
 
 def as_checkpoint(hf_folder, out_dir):
@@ -152,7 +123,8 @@ def test_ddp_gives_the_same_counts_as_one_process(run, tmp_path):
     random_model(tmp_path)
     write_hellaswag(tmp_path / 'hs.jsonl', varied_examples(11, seed=1))  # 6 batches of 2: uneven shares
     (tmp_path / 'text.txt').write_text(sample_text(3000), encoding='utf-8')
-    args = ['--out_dir=ckpt', '--hellaswag_file=hs.jsonl', '--batch_size=2', '--device=cpu', '--text_file=text.txt']
+    args = ['--out_dir=ckpt', '--hellaswag=True', '--hellaswag_file=hs.jsonl', '--batch_size=2', '--device=cpu',
+            '--text_file=text.txt']
     run('eval.py', *args, '--results_file=one.jsonl', '--details_file=one_details.jsonl')
     result = run_torchrun(REPO / 'eval.py', *args, '--results_file=two.jsonl', '--details_file=two_details.jsonl',
                           cwd=tmp_path)
@@ -244,8 +216,8 @@ def test_val_bin_reads_like_the_same_text(run, tmp_path):
     assert results['text:text.txt', 'bpb']['examples'] == results['val:bpe', 'bpb']['examples'] == 50
 
 
-def test_character_model_bits_per_byte_and_no_hellaswag(run, trained, tmp_path):
-    result = run('eval.py', '--out_dir=out', '--dataset=tiny', '--device=cpu')  # HellaSwag 'auto': skipped
+def test_character_model_bits_per_byte_and_hellaswag_in_its_characters(run, trained, tmp_path):
+    result = run('eval.py', '--out_dir=out', '--dataset=tiny', '--device=cpu')  # asked for a dataset: no HellaSwag
     assert 'val:tiny' in result.stdout and 'hellaswag' not in result.stdout
     results = read_results(tmp_path / 'eval_results.jsonl')
     loss, bpb = results['val:tiny', 'loss'], results['val:tiny', 'bpb']
@@ -253,9 +225,15 @@ def test_character_model_bits_per_byte_and_no_hellaswag(run, trained, tmp_path):
     assert loss['examples'] == len(np.fromfile(tmp_path / 'data' / 'tiny' / 'val.bin', dtype=np.uint16)) - 1
     assert bpb['bytes'] == loss['examples']  # ASCII: a byte per character
     assert abs(bpb['value'] - loss['value'] / math.log(2)) < 1e-9
-    assert_one_line_error(run('eval.py', '--out_dir=out', '--hellaswag=True', '--device=cpu', expect=None),
-                          "HellaSwag needs a model with GPT-2's BPE vocabulary")
-    assert_one_line_error(run('eval.py', '--out_dir=out', '--device=cpu', expect=None), 'nothing to evaluate')
+    # HellaSwag in the model's characters, where it has all of them
+    write_hellaswag(tmp_path / 'hs.jsonl', varied_examples(6))
+    result = run('eval.py', '--out_dir=out', '--hellaswag_file=hs.jsonl', '--device=cpu', '--results_file=hs.jsonl.out')
+    assert read_results(tmp_path / 'hs.jsonl.out')['hellaswag', 'acc_norm']['examples'] == 6
+    write_hellaswag(tmp_path / 'euro.jsonl', [('It costs', 'a', ['€.', 'a.', 'b.', 'c.'], 0)])
+    assert_one_line_error(run('eval.py', '--out_dir=out', '--hellaswag_file=euro.jsonl', '--device=cpu', expect=None),
+                          "HellaSwag has characters this model's vocabulary lacks (1 of them, e.g. '€')")
+    assert_one_line_error(run('eval.py', '--out_dir=out', '--hellaswag=False', '--device=cpu', expect=None),
+                          'nothing to evaluate')
 
 
 def test_bad_hellaswag_files_are_one_line_errors(run, tmp_path):
@@ -349,6 +327,7 @@ def test_hellaswag_during_training_under_ddp(tmp_path):
     assert len(lines) == 3 and all('(9 examples' in l for l in lines)  # steps 0, 2, 4; counts summed over ranks
 
 
-def test_hellaswag_in_training_needs_a_bpe_model(run, char_data):
-    assert_one_line_error(run('train.py', '--dataset=tiny', *TINY_MODEL, '--hellaswag_interval=5', expect=None),
-                          "HellaSwag needs a model with GPT-2's BPE vocabulary")
+def test_hellaswag_in_training_needs_the_models_characters(run, char_data, tmp_path):
+    write_hellaswag(tmp_path / 'euro.jsonl', [('It costs', 'a', ['€.', 'a.', 'b.', 'c.'], 0)])
+    assert_one_line_error(run('train.py', '--dataset=tiny', *TINY_MODEL, '--hellaswag_interval=5',
+                              '--hellaswag_file=euro.jsonl', expect=None), "HellaSwag has characters this model")

@@ -394,7 +394,7 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, use_cache=True, slide_to=None,
-                 on_token=None, decode_step=None):
+                 on_token=None, decode_step=None, stop_token=None):
         """Sample max_new_tokens tokens after idx (B, T), feeding each back in. Call model.eval() first.
 
         The context is at most block_size tokens: once the sequence outgrows it, the window slides
@@ -404,7 +404,8 @@ class GPT(nn.Module):
         the cache is rebuilt from the cropped context. Both paths see the same contexts, so with the
         same seed they give the same tokens. Past block_size, the default rebuilds at every step;
         slide_to=block_size // 2 rebuilds once per block_size // 2 tokens, which is much faster.
-        on_token, if given, is called with each new (B, 1) token as soon as it is sampled.
+        on_token, if given, is called with each new (B, 1) token as soon as it is sampled. With
+        stop_token, generation ends once every row has sampled it (e.g. a chat's end of turn).
 
         decode_step, if given, runs the one-token steps in place of the model: torch.compile(model),
         say. The caches are then StaticKVCaches, so every such step has the same shapes and compiles
@@ -417,7 +418,7 @@ class GPT(nn.Module):
         keep = min(slide_to or block_size, block_size)
         start = max(0, idx.size(1) - block_size)  # the context is idx[:, start:]
         caches = None
-        for _ in range(max_new_tokens):
+        for step in range(max_new_tokens):
             if idx.size(1) - start > block_size:
                 start, caches = idx.size(1) - keep, None
             if use_cache and caches is not None:
@@ -435,4 +436,8 @@ class GPT(nn.Module):
             idx = torch.cat((idx, next_token), dim=1)
             if on_token is not None:
                 on_token(next_token)
+            if stop_token is not None:
+                stopped = (next_token[:, 0] == stop_token) | (stopped if step else False)
+                if bool(stopped.all()):
+                    break
         return idx

@@ -29,9 +29,9 @@ log_interval = 1  # print a log line every this many iterations
 eval_iters = 200  # batches per split in each evaluation
 eval_only = False  # evaluate once and exit
 always_save_checkpoint = True  # save after every eval, not only when val loss improves
-hellaswag_interval = 0  # HellaSwag accuracy (GPT-2 BPE models) every this many iterations; 0 = never
+hellaswag_interval = 0  # HellaSwag accuracy every this many iterations; 0 = never
 hellaswag_file = ''  # '' means data/hellaswag/hellaswag_val.jsonl, downloaded once
-# 'scratch', 'resume' (from out_dir), 'gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl', or a Hugging Face folder
+# 'scratch', 'resume' (from out_dir), a run's out_dir (finetune its weights), 'gpt2'...'gpt2-xl', a HF folder
 init_from = 'scratch'
 # wandb logging
 wandb_log = False  # log to Weights & Biases (WANDB_MODE=offline works without network)
@@ -111,7 +111,6 @@ if rt.master:
 
 data_dir = os.path.join('data', dataset)
 meta = data.check_dataset(data_dir, dataset)
-bin_paths = data.dataset_paths(data_dir)
 
 # model: from scratch, or resumed from a checkpoint in out_dir
 iter_num, best_val_loss, checkpoint = 0, float('inf'), None
@@ -133,15 +132,21 @@ elif init_from == 'resume':
     iter_num, best_val_loss = checkpoint['iter_num'], float(checkpoint['best_val_loss'])
     if (changed := checkpoints.changed_settings(checkpoint, config)) and rt.master:
         print(f"settings changed since the checkpoint: {', '.join(changed)}")
+elif checkpoints.is_run(init_from):  # another run's out_dir: its weights start a new run (finetuning)
+    model = checkpoints.run_model(init_from, meta, data_dir, dropout)
+    checkpoints.check_overrides(model, config, explicit, pretrained=init_from)
 elif checkpoints.is_pretrained(init_from):  # OpenAI's GPT-2 weights, or a Hugging Face GPT-2 folder
     model = checkpoints.pretrained_model(init_from, dropout)
     checkpoints.check_overrides(model, config, explicit, pretrained=init_from)
 else:
-    report.fail(f"unknown init_from {init_from!r}; use 'scratch', 'resume', a GPT-2 name or a GPT-2 folder")
+    report.fail(f"unknown init_from {init_from!r}; use 'scratch', 'resume', a run's out_dir, a GPT-2 name or "
+                f"a GPT-2 folder")
 if init_from != 'scratch' and ('block_size' not in explicit or init_from == 'resume'):
     block_size = model.config.block_size
 if block_size > model.config.block_size:
     report.fail(f"block_size {block_size} is larger than the model's {model.config.block_size}")
+if meta is None and data.mask_paths(data_dir) and model.config.vocab_size < 50304:  # OpenAI's GPT-2, for chat
+    checkpoints.pad_vocab(model)
 if block_size < model.config.block_size:  # e.g. finetuning GPT-2 on shorter blocks
     model.crop_block_size(block_size)
 model_args = checkpoints.model_args_of(model.config)  # what the checkpoint's model really is
@@ -150,9 +155,7 @@ vocab_size = model.config.vocab_size
 if meta and meta['vocab_size'] != vocab_size:
     report.fail(f"the model's vocabulary ({vocab_size} tokens) differs from {data_dir}/meta.pkl "
                 f"({meta['vocab_size']}); train on the dataset the checkpoint was made for")
-token_dtype = data.token_dtype(meta)  # uint16, or uint32 for vocabularies above 65,536
-unscanned_splits = data.check_bins(bin_paths, block_size, vocab_size, token_dtype)  # these: checked per batch
-row_starts = data.document_rows(batching, bin_paths, meta, block_size, token_dtype)  # None: start anywhere
+blocks = data.Blocks(data_dir, meta, block_size, vocab_size, batching)  # checks the files first
 hellaswag = evals.load_hellaswag(hellaswag_file, rt, meta, vocab_size) if hellaswag_interval else None
 tokens_per_iter = gradient_accumulation_steps * rt.world_size * batch_size * block_size
 if fsdp:  # block by block onto the device, sharded: no rank ever holds the whole model there
@@ -173,7 +176,7 @@ if rt.compile:
     model = runtime.compile_model(raw_model, model, compile_scope, say=rt.master)
 
 
-# data: blocks of block_size + 1 tokens from the memory-mapped .bin files, at random starts
+# data: rows of block_size tokens from the memory-mapped .bin files, at random starts (nanogpt/data.py)
 batch_generator = torch.Generator()
 
 
@@ -181,15 +184,7 @@ def get_batch(split, sample_seed):
     # Each batch is a pure function of its seed (rank, iteration, micro-step): a resumed run sees
     # the same batches as an uninterrupted one without carrying loader state around.
     batch_generator.manual_seed(hash((seed, rt.rank) + sample_seed) % 2**63)
-    if row_starts:  # rows filled from a document's first token on (with whole or cut documents)
-        pick = torch.randint(len(row_starts[split]), (batch_size,), generator=batch_generator)
-        starts = row_starts[split][pick.numpy()]
-    else:
-        n_tokens = os.path.getsize(bin_paths[split]) // token_dtype.itemsize
-        starts = torch.randint(n_tokens - block_size, (batch_size,), generator=batch_generator).numpy()
-    tokens = data.load_blocks(bin_paths[split], starts, block_size, rt,
-                              vocab_size if split in unscanned_splits else None, token_dtype)
-    return tokens[:, :-1], tokens[:, 1:]
+    return blocks.batch(split, batch_size, batch_generator, rt)
 
 
 @torch.no_grad()

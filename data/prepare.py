@@ -27,7 +27,7 @@ input = ''  # a text file, .jsonl or .parquet file, a folder of them, or hf:NAME
 text_column = 'text'  # JSON lines, Parquet, Hugging Face: the field that holds a document's text
 hf_split = 'train'  # hf:NAME: the split to read
 tokenizer = 'bpe'  # 'char' (the corpus's characters), 'gpt2' (tiktoken) or 'bpe' (trained on the corpus)
-vocab_size = 4096  # bpe: tokens in all, the 256 bytes and <|endoftext|> included
+vocab_size = 4096  # bpe: tokens in all, the 256 bytes, <|endoftext|> and the chat tokens included
 tokenizer_bytes = 0  # bpe: train on the first this many bytes of the corpus (0: all of it)
 val_fraction = 0.1  # the share of documents held out for validation
 utf8_errors = 'strict'  # bytes that are not UTF-8: 'strict' stops with where they are, 'replace' reads U+FFFD
@@ -42,9 +42,9 @@ if not 0 < val_fraction < 1:
     fail(f"val_fraction must be between 0 and 1, not {val_fraction}")
 if utf8_errors not in ('strict', 'replace'):
     fail(f"utf8_errors must be 'strict' or 'replace', not {utf8_errors!r}")
-if tokenizer == 'bpe' and not 257 <= vocab_size <= 2 ** 32:
-    fail(f"vocab_size {vocab_size} cannot be: a byte-level BPE needs at least 257 tokens (256 bytes and "
-         f"<|endoftext|>), and uint32 token ids allow at most 4294967296")
+if tokenizer == 'bpe' and not 261 <= vocab_size <= 2 ** 32:
+    fail(f"vocab_size {vocab_size} cannot be: a byte-level BPE needs at least 261 tokens (256 bytes, "
+         f"<|endoftext|> and 4 chat tokens), and uint32 token ids allow at most 4294967296")
 hf_name = input[3:] if input.startswith('hf:') else None
 if not input or not (hf_name or os.path.exists(input)):
     fail(f"input {input!r} does not exist; give --input=a text, .jsonl or .parquet file, a folder of them, "
@@ -83,7 +83,9 @@ else:
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)  # GPT-2's split into words first
     bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=['<|endoftext|>'], show_progress=False,
+    # end-of-text first (id 0), then the chat tokens that chat finetuning renders turns with (nanogpt/chat.py)
+    special = ['<|endoftext|>', '<|system|>', '<|user|>', '<|assistant|>', '<|end|>']
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     bpe.train_from_iterator(corpus.training_text(pieces(), tokenizer_bytes), trainer)
     seconds = time.time() - started

@@ -231,7 +231,7 @@ def check_tokenizer(checkpoint, meta, data_dir):
         return  # two character vocabularies: the vocabulary check after this one names their sizes
     if not data.same_tokenizer(checkpoint['meta'], meta):
         fail(f"the checkpoint was trained with another tokenizer ({data.tokenizer_name(checkpoint['meta'])}) "
-             f"than {data_dir} has ({data.tokenizer_name(meta)}); resume on the data it was trained on")
+             f"than {data_dir} has ({data.tokenizer_name(meta)}); train on data of its tokenizer")
 
 
 def load_training_state(checkpoint, model, optimizer, scaler, optimizer_name, fsdp=False):
@@ -253,6 +253,38 @@ def changed_settings(checkpoint, config):
     """'name old -> new' for each setting a resumed run changes from the checkpoint's."""
     return [f"{k} {v!r} -> {config[k]!r}" for k, v in checkpoint.get('config', {}).items()
             if k in config and k != 'init_from' and v != config[k]]
+
+
+def is_run(init_from):
+    """Whether init_from is an out_dir of ours (it holds ckpt.pt), to finetune from."""
+    return os.path.isfile(os.path.join(init_from, CKPT_NAME))
+
+
+def run_model(out_dir, meta, data_dir, dropout=0.0):
+    """The model of out_dir/ckpt.pt, to start a new run from (finetuning): its weights only, after
+    checking that it reads data_dir's tokens."""
+    path = os.path.join(out_dir, CKPT_NAME)
+    checkpoint = load_checkpoint(path, 'cpu', mmap=True)
+    check_tokenizer(checkpoint, meta, data_dir)
+    return model_from_checkpoint(checkpoint, path, dropout=dropout)
+
+
+def pad_vocab(model, vocab_size=50304):
+    """OpenAI's GPT-2 has 50257 tokens; chat finetuning's tokens take ids 50257.. of the 50304 that
+    models trained here have (nanogpt/chat.py). The new rows start at the mean embedding, so the
+    new tokens begin as an average token rather than noise; an untied head's new rows at zero."""
+    old = model.transformer.wte.weight.data
+    extra = vocab_size - old.size(0)
+    model.transformer.wte = torch.nn.Embedding(vocab_size, old.size(1))
+    model.transformer.wte.weight.data = torch.cat([old, old.mean(0, keepdim=True).expand(extra, -1)])
+    if model.config.tie_weights:
+        model.lm_head = torch.nn.Linear(old.size(1), vocab_size, bias=False)
+        model.lm_head.weight = model.transformer.wte.weight
+    else:
+        head = model.lm_head.weight.data
+        model.lm_head = torch.nn.Linear(old.size(1), vocab_size, bias=False)
+        model.lm_head.weight.data = torch.cat([head, head.new_zeros(extra, head.size(1))])
+    model.config.vocab_size = vocab_size
 
 
 def is_pretrained(init_from):

@@ -63,7 +63,8 @@ def _text_pieces(path, errors, cut_at=None):
     yield ''.join(pieces), True
 
 
-def _jsonl_texts(path, column, errors):
+def json_lines(path, errors='strict'):
+    """(line number, object) for each non-blank line of a JSON lines file, read a line at a time."""
     offset = 0
     with open(path, 'rb') as f:
         for number, raw in enumerate(f, 1):
@@ -72,12 +73,16 @@ def _jsonl_texts(path, column, errors):
             if not line.strip():
                 continue
             try:
-                record = json.loads(line)
+                yield number, json.loads(line)
             except json.JSONDecodeError as e:
                 fail(f"{path} line {number} is not JSON ({e.msg}); one JSON object per line")
-            if not isinstance(record, dict) or not isinstance(record.get(column), str):
-                fail(f"{path} line {number} has no text under {column!r}; name the field with --text_column")
-            yield record[column]
+
+
+def _jsonl_texts(path, column, errors):
+    for number, record in json_lines(path, errors):
+        if not isinstance(record, dict) or not isinstance(record.get(column), str):
+            fail(f"{path} line {number} has no text under {column!r}; name the field with --text_column")
+        yield record[column]
 
 
 def _parquet_texts(path, column):

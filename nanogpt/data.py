@@ -19,6 +19,7 @@ def dataset_paths(data_dir):
 
 
 GPT2_EOT = 50256  # GPT-2 BPE's <|endoftext|>, which ends each document of its datasets
+GPT2_USER = 50258  # chat finetuning's <|user|> with GPT-2 BPE (nanogpt/chat.py)
 
 
 def token_dtype(meta):
@@ -136,6 +137,70 @@ def max_token(path, dtype=np.dtype('uint16'), chunk_tokens=1 << 24):
         while chunk := f.read(chunk_tokens * dtype.itemsize):
             largest = max(largest, int(np.frombuffer(chunk, dtype=dtype).max()))
     return largest
+
+
+def mask_paths(data_dir):
+    """A chat dataset's masks (data/prepare_chat.py): 1 where a token is the assistant's; None for
+    other datasets."""
+    paths = {split: os.path.join(data_dir, f'{split}_mask.bin') for split in ('train', 'val')}
+    return paths if all(os.path.exists(p) for p in paths.values()) else None
+
+
+class Blocks:
+    """Where train.py's batches come from: rows of block_size tokens and their next tokens, read
+    from a dataset's memory-mapped .bin files at starts drawn with the caller's generator. Rows
+    start anywhere (batching='random'), or at documents' first tokens ('documents'). A chat
+    dataset's rows start at conversations (and at the user turns of those longer than a row), each
+    with an assistant token to learn, and only the assistant's tokens are targets: the others are
+    -1, which the loss ignores."""
+
+    def __init__(self, data_dir, meta, block_size, vocab_size, batching):
+        self.paths, self.dtype, self.block_size = dataset_paths(data_dir), token_dtype(meta), block_size
+        self.vocab_size = vocab_size
+        self.unscanned = check_bins(self.paths, block_size, vocab_size, self.dtype)  # checked per batch instead
+        self.masks = mask_paths(data_dir)
+        self.row_starts = document_rows('documents' if self.masks else batching, self.paths, meta, block_size,
+                                        self.dtype)
+        if self.masks:
+            self.row_starts = {split: self._chat_rows(split, starts, meta) for split, starts in self.row_starts.items()}
+
+    def _chat_rows(self, split, starts, meta):
+        ids = np.memmap(self.paths[split], dtype=self.dtype, mode='r')
+        mask = np.fromfile(self.masks[split], dtype=np.uint8)
+        if len(mask) != len(ids):
+            fail(f"{self.masks[split]} does not match {self.paths[split]} ({len(mask)} and {len(ids)} tokens); "
+                 f"prepare the chat dataset again")
+        user = GPT2_USER if meta is None else bpe_tokenizer(meta).token_to_id('<|user|>')
+        ends = np.append(starts[1:], len(ids))  # a conversation runs to the next one's start
+        long = [np.flatnonzero(ids[s + 1:e] == user) + s + 1 for s, e in zip(starts, ends) if e - s > self.block_size + 1]
+        rows = np.unique(np.concatenate([starts, *long])) if long else starts
+        rows = rows[rows < len(ids) - self.block_size]
+        learned = np.concatenate([[0], np.cumsum(mask, dtype=np.int64)])
+        rows = rows[learned[rows + self.block_size + 1] - learned[rows + 1] > 0]  # a row with nothing to learn: NaN
+        if not len(rows):
+            fail(f"{self.paths[split]} has no row of block_size = {self.block_size} tokens with an assistant token "
+                 f"to learn; use a larger --block_size or conversations with shorter prompts")
+        return rows
+
+    def batch(self, split, batch_size, generator, runtime):
+        return self.read(split, self.starts(split, batch_size, generator), runtime)
+
+    def starts(self, split, batch_size, generator):
+        if self.row_starts:
+            return self.row_starts[split][torch.randint(len(self.row_starts[split]), (batch_size,),
+                                                        generator=generator).numpy()]
+        n_tokens = os.path.getsize(self.paths[split]) // self.dtype.itemsize
+        return torch.randint(n_tokens - self.block_size, (batch_size,), generator=generator).numpy()
+
+    def read(self, split, starts, runtime):
+        """Inputs and targets of the rows at starts, on the runtime's device."""
+        tokens = load_blocks(self.paths[split], starts, self.block_size, runtime,
+                             self.vocab_size if split in self.unscanned else None, self.dtype)
+        x, y = tokens[:, :-1], tokens[:, 1:]
+        if self.masks:
+            learned = load_blocks(self.masks[split], starts, self.block_size, runtime, dtype=np.dtype('uint8'))
+            y = y.masked_fill(learned[:, 1:] == 0, -1)
+        return x, y
 
 
 def document_rows(batching, paths, meta, block_size, dtype):

@@ -181,7 +181,7 @@ def test_resuming_on_data_of_another_tokenizer_is_refused(run, tmp_path):
     (lambda p: (p / 'empty.txt').write_text(''), ['--input=empty.txt'], 'empty.txt holds no text'),
     (lambda p: (p / 'd.jsonl').write_text('{"text": "a"}\n{"body": "b"}\n'), ['--input=d.jsonl'],
      "d.jsonl line 2 has no text under 'text'"),
-    (lambda p: (p / 'c.txt').write_text('abc'), ['--input=c.txt', '--vocab_size=100'], 'needs at least 257 tokens'),
+    (lambda p: (p / 'c.txt').write_text('abc'), ['--input=c.txt', '--vocab_size=100'], 'needs at least 261 tokens'),
     (lambda p: (p / 'c.txt').write_text('abc'), ['--input=c.txt', '--vocab_size=5000000000'],
      'uint32 token ids allow at most 4294967296'),
     (lambda p: (p / 'd.jsonl').write_text('{"text": "a"}\nnot json\n'), ['--input=d.jsonl'], 'd.jsonl line 2 is not JSON'),

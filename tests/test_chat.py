@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TINY_MODEL, assert_one_line_error, needs_bpe, random_hf_gpt2
+from conftest import REPO, TINY_MODEL, assert_one_line_error, needs_bpe, random_hf_gpt2, run_torchrun
 from nanogpt import chat, data
 
 LETTERS = 'abcdef'
@@ -114,6 +114,15 @@ def test_a_chat_finetune_from_another_run_resumes_exactly(run, tmp_path, base):
     assert all(torch.equal(t, split[name]) for name, t in straight.items())
     reply = run('chat.py', '--out_dir=straight', '--device=cpu', '--prompt=reverse a b c', '--max_new_tokens=5')
     assert reply.returncode == 0
+
+
+def test_a_chat_finetune_under_ddp_agrees_across_ranks(run, tmp_path, base):
+    write_jsonl(tmp_path / 'chats.jsonl', [reversal(t) for t in TRAIN_TRIPLES[:60]])
+    run('data/prepare_chat.py', '--input=chats.jsonl', '--tokenizer=data/base', '--out_dir=data/chat')
+    result = run_torchrun(REPO / 'train.py', '--dataset=chat', '--out_dir=out', *TINY_MODEL,
+                          '--gradient_accumulation_steps=2', '--max_iters=4', '--eval_interval=4', cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert '2 processes (DDP, gloo)' in result.stdout and 'weights identical on all 2 ranks' in result.stdout
 
 
 @needs_bpe

@@ -4,16 +4,23 @@ Sample text from a trained model.
 $ python sample.py --out_dir=out-shakespeare-char
 $ python sample.py --out_dir=out-shakespeare-char --start="ROMEO:" --num_samples=3 --max_new_tokens=200
 $ python sample.py --start=FILE:prompt.txt
+$ python sample.py --out_dir=out-chat --chat=True                       # talk to a chat-finetuned model
+$ python sample.py --out_dir=out-chat --chat=True --prompt="reverse a b c"   # one answer, then exit
 
-Decodes with the character vocabulary the model was trained on (kept in the checkpoint, or
-the dataset's meta.pkl), and with GPT-2's BPE tokenizer when there is none.
+Decodes with the tokenizer the model was trained on (kept in the checkpoint, or the dataset's
+meta.pkl), and with GPT-2's BPE tokenizer when there is none.
+
+With --chat=True it is a conversation instead (docs/chat.md): each reply streams token by token and
+stops at the end-of-turn token or after max_new_tokens; the history stays within the model's
+context, the oldest turns going first (the system message stays) with a line on stderr. An empty
+line or Ctrl-D ends it; --prompt answers one message and --prompts_file each of its lines alone.
 """
 
 import sys
 
 import torch
 
-from nanogpt import checkpoints, data, report, runtime
+from nanogpt import chat as chats, checkpoints, data, report, runtime
 from configurator import configure
 
 # -----------------------------------------------------------------------------
@@ -31,6 +38,10 @@ device = 'auto'  # 'auto' (cuda, then mps, then cpu), 'cpu', 'cuda', 'cuda:1', '
 dtype = 'auto'  # 'auto' (bfloat16 on CUDA where supported, else float16; float32 elsewhere), 'float32', 'bfloat16', 'float16'
 compile = False  # torch.compile the KV cache's one-token step over a fixed-size cache: compiled once (benchmarks/README.md)
 onednn = 'auto'  # CPU, float32: Linear layers in oneDNN (see train.py)
+chat = False  # a conversation with a chat-finetuned model (start and num_samples do not apply)
+system = ''  # chat: a system message that opens the conversation
+prompt = ''  # chat: answer this one message and exit; '' for a conversation in the terminal
+prompts_file = ''  # chat: answer each line of this file as a conversation of its own, a reply per line
 # -----------------------------------------------------------------------------
 configure(globals(), nullable={'top_k'}, echo=None)  # stdout is for the samples alone
 
@@ -56,12 +67,56 @@ encode, decode = data.load_tokenizer(meta)
 model.eval()
 runtime.place_model(model, rt, rows=num_samples, backward=False)  # generation: a few rows, forward only
 
+sampling = dict(temperature=temperature, top_k=top_k, use_cache=kv_cache, slide_to=slide_to or model.config.block_size // 2,
+                decode_step=torch.compile(model) if rt.compile else None)
+if chat:
+    tok = chats.ChatTokenizer(meta, model.config.vocab_size)
+    chats.check_content(system, '--system')
+    room = min(max_new_tokens, model.config.block_size // 2)  # the history leaves the reply this much context
+
+    def reply(messages):
+        """The assistant's next message, printed as it is written."""
+        ids, dropped = chats.prompt(messages, tok, model.config.block_size - room)
+        if dropped:
+            print(f"(the {dropped} oldest messages no longer fit in the context and are left out)", file=sys.stderr)
+        answer = []
+        stream = data.TextStream(tok.decode, [])
+
+        def show(token):
+            if token.item() != tok.ids['end']:
+                answer.append(token.item())
+                stream.push(token.item())
+        with torch.no_grad(), rt.autocast:
+            model.generate(torch.tensor([ids], device=rt.device), max_new_tokens, on_token=show,
+                           stop_token=tok.ids['end'], **sampling)
+        print(flush=True)
+        return tok.decode(answer)
+    opening = [{'role': 'system', 'content': system}] if system else []
+    if prompt or prompts_file:  # for scripts: each message a conversation of its own
+        questions = [prompt] if prompt else data.read_text(prompts_file).splitlines()
+        for number, text in enumerate((q for q in questions if q.strip()), 1):
+            chats.check_content(text, '--prompt' if prompt else f"{prompts_file} line {number}")
+            reply(opening + [{'role': 'user', 'content': text}])
+        sys.exit(0)
+    messages = list(opening)
+    while True:
+        try:
+            text = input('> ')
+        except EOFError:
+            break
+        if not text.strip():
+            break
+        if token := chats.special_in(text):
+            print(f"(not sent: the message contains the special token {token}; write it without)", file=sys.stderr)
+            continue
+        messages.append({'role': 'user', 'content': text})
+        messages.append({'role': 'assistant', 'content': reply(messages)})
+    sys.exit(0)
+
 start_ids = encode(start)
 if not start_ids:
     report.fail("the prompt is empty; give at least one token with --start")
 x = torch.tensor(start_ids, dtype=torch.long, device=rt.device)[None, ...]
-sampling = dict(temperature=temperature, top_k=top_k, use_cache=kv_cache, slide_to=slide_to or model.config.block_size // 2,
-                decode_step=torch.compile(model) if rt.compile else None)
 with torch.no_grad(), rt.autocast:
     if num_samples == 1:  # one sample: print it as it is written
         stream = data.TextStream(decode, start_ids)

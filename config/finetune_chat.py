@@ -1,7 +1,7 @@
 # chat finetuning: learn to answer from conversations (docs/chat.md)
 # $ python data/prepare_chat.py --input=chats.jsonl --tokenizer=gpt2 --out_dir=data/chat
 # $ python train.py config/finetune_chat.py
-# $ python chat.py --out_dir=out-chat
+# $ python sample.py --out_dir=out-chat --chat=True
 # From a run of ours instead of OpenAI's GPT-2: --init_from=out-mine, with the chat data prepared
 # in its tokenizer (data/prepare_chat.py --tokenizer=out-mine).
 

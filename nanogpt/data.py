@@ -10,9 +10,11 @@ import pickle
 import sys
 
 import numpy as np
-import torch
 
 from nanogpt.report import fail
+
+# torch is imported where tensors are made, not here: the prepare scripts read and write data
+# without it and start a second sooner
 
 def dataset_paths(data_dir):
     return {split: os.path.join(data_dir, f'{split}.bin') for split in ('train', 'val')}
@@ -124,6 +126,7 @@ def load_blocks(path, starts, block_size, runtime, vocab_size=None, dtype=np.dty
 def to_device(array, runtime):
     """A numpy array as a tensor on the runtime's device; on CUDA through pinned memory, so that the
     copy overlaps with compute."""
+    import torch
     tensor = torch.from_numpy(array)
     if runtime.device_type == 'cuda':
         return tensor.pin_memory().to(runtime.device, non_blocking=True)
@@ -186,6 +189,7 @@ class Blocks:
         return self.read(split, self.starts(split, batch_size, generator), runtime)
 
     def starts(self, split, batch_size, generator):
+        import torch
         if self.row_starts:
             return self.row_starts[split][torch.randint(len(self.row_starts[split]), (batch_size,),
                                                         generator=generator).numpy()]

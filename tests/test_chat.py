@@ -93,7 +93,7 @@ def test_a_tiny_model_learns_to_answer_and_the_mask_is_why(run, tmp_path, base):
         run('train.py', f'--dataset={learn}', f'--out_dir=out-{learn}', *TINY_MODEL, '--n_embd=32',
             '--batch_size=32', '--max_iters=400', '--lr_decay_iters=400', '--min_lr=3e-4', '--warmup_iters=20',
             '--eval_interval=400', '--eval_iters=2', '--log_interval=100')
-        replies = run('chat.py', f'--out_dir=out-{learn}', '--device=cpu', '--prompts_file=held_out.txt',
+        replies = run('sample.py', '--chat=True', f'--out_dir=out-{learn}', '--device=cpu', '--prompts_file=held_out.txt',
                       '--temperature=0.1').stdout.splitlines()
         answers[learn] = sum(reply.split() == t.split()[::-1] for reply, t in zip(replies, HELD_OUT))
     print(f"held-out reversals right: {answers['assistant']}/56 with the mask, {answers['all']}/56 without")
@@ -112,7 +112,7 @@ def test_a_chat_finetune_from_another_run_resumes_exactly(run, tmp_path, base):
     run('train.py', *finetune[1:], '--out_dir=split', '--max_iters=8', '--init_from=resume')
     straight, split = (torch.load(tmp_path / d / 'ckpt.pt', weights_only=True)['model'] for d in ('straight', 'split'))
     assert all(torch.equal(t, split[name]) for name, t in straight.items())
-    reply = run('chat.py', '--out_dir=straight', '--device=cpu', '--prompt=reverse a b c', '--max_new_tokens=5')
+    reply = run('sample.py', '--chat=True', '--out_dir=straight', '--device=cpu', '--prompt=reverse a b c', '--max_new_tokens=5')
     assert reply.returncode == 0
 
 
@@ -137,7 +137,7 @@ def test_gpt2s_vocabulary_takes_the_chat_tokens_in_its_padding(run, tmp_path):
         '--batch_size=4', '--block_size=16', '--gradient_accumulation_steps=1', '--eval_iters=2', '--max_iters=3',
         '--eval_interval=3')
     assert torch.load(tmp_path / 'out' / 'ckpt.pt', weights_only=True)['model_args']['vocab_size'] == 50304
-    assert run('chat.py', '--out_dir=out', '--device=cpu', '--prompt=reverse a b c', '--max_new_tokens=4').returncode == 0
+    assert run('sample.py', '--chat=True', '--out_dir=out', '--device=cpu', '--prompt=reverse a b c', '--max_new_tokens=4').returncode == 0
 
 
 @pytest.mark.parametrize('line, says', [
@@ -178,7 +178,7 @@ def test_a_bpe_without_chat_tokens_is_refused(run, tmp_path):
 
 
 def test_models_without_chat_tokens_are_refused(run, trained, tmp_path):
-    assert_one_line_error(run('chat.py', '--out_dir=out', '--device=cpu', '--prompt=hi', expect=None),
+    assert_one_line_error(run('sample.py', '--chat=True', '--out_dir=out', '--device=cpu', '--prompt=hi', expect=None),
                           'a character-level model has no chat tokens')
     write_jsonl(tmp_path / 'chats.jsonl', [reversal('a b c'), reversal('d e f')])
     assert_one_line_error(run('data/prepare_chat.py', '--input=chats.jsonl', '--tokenizer=out', expect=None),

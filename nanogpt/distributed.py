@@ -69,7 +69,7 @@ def gather_from_ranks(obj, runtime):
 def leave_group(runtime):
     """Tear torchrun's process group down on every rank together: a rank that leaves while another
     is still finishing a collective makes gloo abort that process at exit ("terminate called
-    without an active exception"; benchmarks/fsdp_memory.py hit it in 4 of 6 runs without this)."""
+    without an active exception"; benchmarks/fsdp.py --measure=memory hit it in 4 of 6 runs without this)."""
     if runtime.ddp:
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()

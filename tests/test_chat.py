@@ -101,6 +101,7 @@ def test_a_tiny_model_learns_to_answer_and_the_mask_is_why(run, tmp_path, base):
     assert answers['all'] <= answers['assistant'] - 20
 
 
+@pytest.mark.slow
 def test_a_chat_finetune_from_another_run_resumes_exactly(run, tmp_path, base):
     run('train.py', '--dataset=base', '--out_dir=out-base', *TINY_MODEL, '--max_iters=4', '--eval_interval=4')
     write_jsonl(tmp_path / 'chats.jsonl', [reversal(t) for t in TRAIN_TRIPLES[:60]])

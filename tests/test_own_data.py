@@ -120,6 +120,7 @@ def test_a_vocabulary_past_uint16_is_stored_as_uint32(run, tmp_path):
     assert sample.startswith(chars[-1])
 
 
+@pytest.mark.slow
 def test_batches_of_documents_resume_exactly(run, tmp_path):
     lines = [json.dumps({'text': f'tale {i}. ' + sample_text(9000)[i * 300:i * 300 + 60 + 7 * i]}) for i in range(30)]
     (tmp_path / 'tales.jsonl').write_text('\n'.join(lines) + '\n', encoding='utf-8')

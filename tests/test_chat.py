@@ -117,13 +117,17 @@ def test_a_chat_finetune_from_another_run_resumes_exactly(run, tmp_path, base):
     assert reply.returncode == 0
 
 
-def test_a_chat_finetune_under_ddp_agrees_across_ranks(run, tmp_path, base):
+@pytest.mark.slow
+def test_a_chat_finetune_compiled_under_ddp_compiles_once_and_agrees(run, tmp_path, base):
     write_jsonl(tmp_path / 'chats.jsonl', [reversal(t) for t in TRAIN_TRIPLES[:60]])
     run('data/prepare_chat.py', '--input=chats.jsonl', '--tokenizer=data/base', '--out_dir=data/chat')
-    result = run_torchrun(REPO / 'train.py', '--dataset=chat', '--out_dir=out', *TINY_MODEL,
-                          '--gradient_accumulation_steps=2', '--max_iters=4', '--eval_interval=4', cwd=tmp_path)
+    compiled = [arg for arg in TINY_MODEL if not arg.startswith('--compile')] + ['--compile=True']
+    result = run_torchrun(REPO / 'train.py', '--dataset=chat', '--out_dir=out', *compiled,
+                          '--gradient_accumulation_steps=2', '--max_iters=8', '--eval_interval=4', cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert '2 processes (DDP, gloo)' in result.stdout and 'weights identical on all 2 ranks' in result.stdout
+    # the masked targets change no shape: one graph per mode, as on plain text (tests/test_compile.py)
+    assert 'compile: 2 graphs, 0 graph breaks, 1 recompiles (blocks)' in result.stdout
 
 
 @needs_bpe

@@ -12,7 +12,6 @@ $ python benchmarks/batching.py --iters=500 --rounds=1
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 
@@ -20,6 +19,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 from nanogpt import report, runtime  # noqa: E402
 from configurator import configure  # noqa: E402
+from scripts import run_script  # noqa: E402  (benchmarks/scripts.py, beside this one)
 
 input = os.path.join(REPO, '..', 'shared', 'data', 'tinyshakespeare', 'input.txt')
 iters = 2000
@@ -36,11 +36,7 @@ with open(os.path.join(work, 'speeches.jsonl'), 'w', encoding='utf-8') as f:
 
 
 def run(script, *args):
-    result = subprocess.run([sys.executable, os.path.join(REPO, script), *args], capture_output=True, text=True,
-                            cwd=work, env=dict(os.environ, PYTHONUNBUFFERED='1'))
-    if result.returncode != 0:
-        sys.exit(f"{script} failed:\n{result.stderr[-3000:]}")
-    return result.stdout
+    return run_script(script, *args, cwd=work)
 
 
 print(run('data/prepare.py', f'--input={os.path.join(work, "speeches.jsonl")}', '--tokenizer=char',

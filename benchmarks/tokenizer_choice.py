@@ -17,7 +17,6 @@ import json
 import os
 import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,6 +25,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 from nanogpt import report, runtime  # noqa: E402
 from configurator import configure  # noqa: E402
+from scripts import run_script  # noqa: E402  (benchmarks/scripts.py, beside this one)
 
 input = os.path.join(REPO, '..', 'shared', 'data', 'tinyshakespeare', 'input.txt')  # the corpus
 seconds = 60.0  # training wall time per tokenizer
@@ -44,11 +44,7 @@ CASES = [('char', ['--tokenizer=char']), ('gpt2', ['--tokenizer=gpt2'])] + \
 
 
 def run(script, *args):
-    result = subprocess.run([sys.executable, os.path.join(REPO, script), *args], capture_output=True, text=True,
-                            cwd=work, env=dict(os.environ, PYTHONUNBUFFERED='1'))
-    if result.returncode != 0:
-        sys.exit(f"{script} {' '.join(args)} failed:\n{result.stderr[-3000:]}")
-    return result.stdout
+    return run_script(script, *args, cwd=work)
 
 
 train_bytes = None

@@ -74,6 +74,7 @@ if real_data:
     data_dir = os.path.join('data', dataset)
     meta = data.check_dataset(data_dir, dataset)
     train_path = data.dataset_paths(data_dir)['train']
+    token_dtype = data.token_dtype(meta)  # uint16, or uint32 for vocabularies above 65,536
     vocab_size = vocab_size or (meta['vocab_size'] if meta else 50304)
 vocab_size = vocab_size or 50304
 try:
@@ -119,7 +120,6 @@ if mode == 'train':
     def get_batch():
         if not real_data:
             return fixed[:, :-1], fixed[:, 1:]
-        token_dtype = data.token_dtype(meta)  # uint16, or uint32 for vocabularies above 65,536
         starts = np.random.randint(0, os.path.getsize(train_path) // token_dtype.itemsize - block_size, batch_size)
         tokens = data.load_blocks(train_path, starts, block_size, rt, dtype=token_dtype)
         return tokens[:, :-1], tokens[:, 1:]

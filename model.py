@@ -417,8 +417,8 @@ class GPT(nn.Module):
         block_size = self.config.block_size
         keep = min(slide_to or block_size, block_size)
         start = max(0, idx.size(1) - block_size)  # the context is idx[:, start:]
-        caches = None
-        for step in range(max_new_tokens):
+        caches, stopped = None, torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
+        for _ in range(max_new_tokens):
             if idx.size(1) - start > block_size:
                 start, caches = idx.size(1) - keep, None
             if use_cache and caches is not None:
@@ -437,7 +437,7 @@ class GPT(nn.Module):
             if on_token is not None:
                 on_token(next_token)
             if stop_token is not None:
-                stopped = (next_token[:, 0] == stop_token) | (stopped if step else False)
+                stopped |= next_token[:, 0] == stop_token
                 if bool(stopped.all()):
                     break
         return idx

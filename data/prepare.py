@@ -49,7 +49,7 @@ hf_name = input[3:] if input.startswith('hf:') else None
 if not input or not (hf_name or os.path.exists(input)):
     fail(f"input {input!r} does not exist; give --input=a text, .jsonl or .parquet file, a folder of them, "
          f"or hf:NAME")
-out_dir = out_dir or os.path.join('data', os.path.splitext(os.path.basename(os.path.normpath(hf_name or input)))[0])
+out_dir = out_dir or os.path.join('data', corpus.input_name(input))
 pieces = lambda: corpus.documents(input, text_column, hf_split, val_fraction, seed, utf8_errors)
 file_bytes = None if hf_name else sum(os.path.getsize(path) for path in corpus.source_files(input))
 if not any(text for text, _, _ in pieces()):
@@ -84,12 +84,12 @@ else:
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)  # GPT-2's split into words first
     bpe.decoder = decoders.ByteLevel()
     # end-of-text first (id 0), then the chat tokens that chat finetuning renders turns with (nanogpt/chat.py)
-    special = ['<|endoftext|>', '<|system|>', '<|user|>', '<|assistant|>', '<|end|>']
+    special = [data.EOT_TOKEN, *data.CHAT_TOKENS.values()]
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     bpe.train_from_iterator(corpus.training_text(pieces(), tokenizer_bytes), trainer)
     seconds = time.time() - started
-    spec, eot = bpe.to_str(), bpe.token_to_id('<|endoftext|>')
+    spec, eot = bpe.to_str(), bpe.token_to_id(data.EOT_TOKEN)
     meta = {'vocab_size': bpe.get_vocab_size(), 'tokenizer': 'bpe', 'tokenizer_json': spec, 'eot': eot}
     print(f"trained a byte-level BPE of {meta['vocab_size']:,} tokens in {seconds:.1f} s")
 if meta is not None and meta['vocab_size'] > 2 ** 16:
@@ -109,5 +109,5 @@ seconds = time.time() - started
 print(f"{sum(written['documents']):,} documents, {written['documents'][1]:,} for validation; encoded "
       f"{(train_bytes + val_bytes) / 1e6:.1f} MB in {seconds:.1f} s with {workers} process{'es' if workers > 1 else ''}")
 print(f"train has {train_tokens:,} tokens, val has {val_tokens:,} tokens ({data.token_dtype(meta)}), "
-      f"{train_bytes / max(train_tokens, 1):.2f} bytes per token; train with: python train.py --dataset="
-      f"{os.path.relpath(out_dir, 'data') if out_dir.startswith('data') else out_dir} ...")
+      f"{train_bytes / max(train_tokens, 1):.2f} bytes per token; train with: python train.py "
+      f"--dataset={data.dataset_setting(out_dir)} ...")

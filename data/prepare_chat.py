@@ -19,7 +19,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from nanogpt import chat, data  # noqa: E402  (the repo root is on the path only from the line above)
+from nanogpt import chat, corpus, data  # noqa: E402  (the repo root is on the path only from the line above)
 from nanogpt.report import fail  # noqa: E402
 from configurator import configure  # noqa: E402
 
@@ -37,12 +37,8 @@ if learn not in ('assistant', 'all'):
 if not 0 < val_fraction < 1:
     fail(f"val_fraction must be between 0 and 1, not {val_fraction}")
 if input.startswith('hf:'):
-    import datasets
-    try:
-        records = datasets.load_dataset(input[3:], split=hf_split, streaming=True)  # read, not copied to a cache
-    except Exception as e:
-        fail(f"cannot load the Hugging Face dataset {input[3:]!r} ({type(e).__name__}); check its name and --hf_split")
-    conversations = [chat.check_conversation(r, f"{input[3:]} record {i}") for i, r in enumerate(records, 1)]
+    conversations = [chat.check_conversation(r, f"{input[3:]} record {i}")
+                     for i, r in enumerate(corpus.hf_records(input[3:], hf_split), 1)]
 elif input and os.path.isfile(input):
     conversations = chat.read_conversations(input)
 else:
@@ -51,8 +47,7 @@ if len(conversations) < 2:
     fail(f"{input} holds {len(conversations)} conversation; validation needs one more")
 meta, vocab_size = chat.tokenizer_of(tokenizer)
 tok = chat.ChatTokenizer(meta, vocab_size)
-name = input[3:] if input.startswith('hf:') else input
-out_dir = out_dir or os.path.join('data', os.path.splitext(os.path.basename(os.path.normpath(name)))[0] + '-chat')
+out_dir = out_dir or os.path.join('data', corpus.input_name(input) + '-chat')
 
 order = list(range(len(conversations)))
 random.Random(seed).shuffle(order)
@@ -72,5 +67,4 @@ if meta is not None:
     data.write_meta(out_dir, meta)
 elif os.path.exists(os.path.join(out_dir, 'meta.pkl')):
     os.remove(os.path.join(out_dir, 'meta.pkl'))  # GPT-2 BPE has none
-print(f"finetune with: python train.py config/finetune_chat.py --dataset="
-      f"{os.path.relpath(out_dir, 'data') if out_dir.startswith('data') else out_dir} ...")
+print(f"finetune with: python train.py config/finetune_chat.py --dataset={data.dataset_setting(out_dir)} ...")

@@ -14,9 +14,7 @@ from nanogpt import corpus, data
 from nanogpt.report import fail
 
 ROLES = ('system', 'user', 'assistant')
-SPECIAL = {'system': '<|system|>', 'user': '<|user|>', 'assistant': '<|assistant|>', 'end': '<|end|>'}
-EOT = '<|endoftext|>'
-GPT2_CHAT_IDS = {name: data.GPT2_EOT + 1 + i for i, name in enumerate(SPECIAL)}  # 50257.. 50260
+SPECIAL, EOT, GPT2_CHAT_IDS = data.CHAT_TOKENS, data.EOT_TOKEN, data.GPT2_CHAT_IDS
 
 
 class ChatTokenizer:

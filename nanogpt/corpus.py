@@ -103,14 +103,24 @@ def _parquet_texts(path, column):
             yield text
 
 
-def _hf_texts(name, column, split):
+def hf_records(name, split):
+    """A Hugging Face dataset's records, streamed (read, not copied into a cache), or a one-line error."""
     import datasets
     try:
-        records = datasets.load_dataset(name, split=split, streaming=True)
+        return datasets.load_dataset(name, split=split, streaming=True)
     except Exception as e:
         fail(f"cannot load the Hugging Face dataset {name!r} ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
              f"check its name and --hf_split, or download it first where there is a network")
-    for number, record in enumerate(records, 1):
+
+
+def input_name(input):
+    """What a prepared dataset is named after by default: the input's file or folder name, or the
+    Hugging Face dataset's last part."""
+    return os.path.splitext(os.path.basename(os.path.normpath(input[3:] if input.startswith('hf:') else input)))[0]
+
+
+def _hf_texts(name, column, split):
+    for number, record in enumerate(hf_records(name, split), 1):
         if not isinstance(record.get(column), str):
             fail(f"the Hugging Face dataset {name!r} has no text under {column!r} in record {number} "
                  f"(it has {', '.join(record)}); name the field with --text_column")

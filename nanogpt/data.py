@@ -16,12 +16,23 @@ from nanogpt.report import fail
 # torch is imported where tensors are made, not here: the prepare scripts read and write data
 # without it and start a second sooner
 
+def dataset_setting(out_dir):
+    """The --dataset that makes train.py read a dataset prepared into out_dir: train.py reads
+    data/<dataset>, so the path under data/ (out_dir itself when it is elsewhere)."""
+    relative = os.path.relpath(out_dir, 'data')
+    return out_dir if relative.startswith('..') else relative
+
+
 def dataset_paths(data_dir):
     return {split: os.path.join(data_dir, f'{split}.bin') for split in ('train', 'val')}
 
 
 GPT2_EOT = 50256  # GPT-2 BPE's <|endoftext|>, which ends each document of its datasets
-GPT2_USER = 50258  # chat finetuning's <|user|> with GPT-2 BPE (nanogpt/chat.py)
+EOT_TOKEN = '<|endoftext|>'
+# chat finetuning's tokens (nanogpt/chat.py): special tokens of data/prepare.py's BPEs, and with
+# GPT-2 BPE ids 50257-50260 of the padded vocabulary
+CHAT_TOKENS = {'system': '<|system|>', 'user': '<|user|>', 'assistant': '<|assistant|>', 'end': '<|end|>'}
+GPT2_CHAT_IDS = {name: GPT2_EOT + 1 + i for i, name in enumerate(CHAT_TOKENS)}
 
 
 def token_dtype(meta):
@@ -165,15 +176,15 @@ class Blocks:
         self.row_starts = document_rows('documents' if self.masks else batching, self.paths, meta, block_size,
                                         self.dtype)
         if self.masks:
-            self.row_starts = {split: self._chat_rows(split, starts, meta) for split, starts in self.row_starts.items()}
+            user = GPT2_CHAT_IDS['user'] if meta is None else bpe_tokenizer(meta).token_to_id(CHAT_TOKENS['user'])
+            self.row_starts = {split: self._chat_rows(split, starts, user) for split, starts in self.row_starts.items()}
 
-    def _chat_rows(self, split, starts, meta):
+    def _chat_rows(self, split, starts, user):
         ids = np.memmap(self.paths[split], dtype=self.dtype, mode='r')
         mask = np.fromfile(self.masks[split], dtype=np.uint8)
         if len(mask) != len(ids):
             fail(f"{self.masks[split]} does not match {self.paths[split]} ({len(mask)} and {len(ids)} tokens); "
                  f"prepare the chat dataset again")
-        user = GPT2_USER if meta is None else bpe_tokenizer(meta).token_to_id('<|user|>')
         ends = np.append(starts[1:], len(ids))  # a conversation runs to the next one's start
         long = [np.flatnonzero(ids[s + 1:e] == user) + s + 1 for s, e in zip(starts, ends) if e - s > self.block_size + 1]
         rows = np.unique(np.concatenate([starts, *long])) if long else starts
@@ -294,7 +305,7 @@ def load_tokenizer(meta):
             return [stoi[c] for c in text]
         return encode, lambda ids: ''.join(itos[i] for i in ids)
     enc = gpt2_encoding()
-    return (lambda text: enc.encode(text, allowed_special={'<|endoftext|>'})), enc.decode
+    return (lambda text: enc.encode(text, allowed_special={EOT_TOKEN})), enc.decode
 
 
 class TextStream:

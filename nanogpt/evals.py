@@ -92,25 +92,11 @@ class Example:
     label: int
 
 
-def is_bpe(meta, vocab_size):
-    """Whether a model (its character vocabulary meta, or None, and vocab_size) reads GPT-2 BPE."""
-    return meta is None and vocab_size >= GPT2_VOCAB
-
-
-def check_bpe(meta, vocab_size, what='HellaSwag'):
-    if meta is not None:
-        fail(f"{what} needs a model with GPT-2's BPE vocabulary, and this one has {data.tokenizer_name(meta)} tokens "
-             f"({meta['vocab_size']}); measure it with --text_file=PATH or --dataset=NAME (bits per byte) instead")
-    if vocab_size < GPT2_VOCAB:
-        fail(f"{what} needs a model with GPT-2's BPE vocabulary ({GPT2_VOCAB} tokens); this one has {vocab_size}")
-
-
-def hellaswag_encoder(meta, vocab_size, texts):
+def hellaswag_encoder(meta, texts):
     """text -> ids for HellaSwag in the model's own tokens: GPT-2 BPE, a byte-level BPE of ours (it
     spells any text), or a character vocabulary that holds every character of texts."""
     name = data.tokenizer_name(meta)
-    if name == 'gpt2':
-        check_bpe(meta, vocab_size)
+    if name == 'gpt2':  # checked by load_hellaswag before the file is read
         enc = data.gpt2_encoding()
         return lambda batch: enc.encode_ordinary_batch(batch), enc.eot_token
     if name == 'bpe':
@@ -129,12 +115,12 @@ def load_hellaswag(path, runtime, meta, vocab_size, limit=0):
     """HellaSwag's examples in the model's tokens (its meta: None for GPT-2 BPE), for hellaswag():
     from path, or the default file (downloaded once). limit keeps the first limit examples (0: all).
     A model of GPT-2's vocabulary is checked first, before any download."""
-    if data.tokenizer_name(meta) == 'gpt2':
-        check_bpe(meta, vocab_size)
+    if data.tokenizer_name(meta) == 'gpt2' and vocab_size < GPT2_VOCAB:
+        fail(f"HellaSwag needs a model with GPT-2's BPE vocabulary ({GPT2_VOCAB} tokens); this one has {vocab_size}")
     raw = read_hellaswag(hellaswag_path(path, runtime))
     raw = raw[:limit] if limit else raw
     contexts, endings = [e['ctx'] for e in raw], [' ' + ending for e in raw for ending in e['endings']]
-    encode, eot = hellaswag_encoder(meta, vocab_size, contexts + endings)
+    encode, eot = hellaswag_encoder(meta, contexts + endings)
     contexts, endings = encode(contexts), encode(endings)
     # an empty context would leave the ending's first token nothing to be predicted from
     return [Example(i, contexts[i] or [eot], endings[4 * i:4 * i + 4], e['label']) for i, e in enumerate(raw)]
@@ -239,13 +225,12 @@ def text_tokens(path, meta, max_tokens=0):
     so that the first token is predicted too; or the model's characters, where the first one only
     gives context. max_tokens keeps the first max_tokens (0: all)."""
     text = data.read_text(path)
-    if meta is None:
-        enc = data.gpt2_encoding()
-        ids = enc.encode_ordinary(text)
-        ids = [enc.eot_token] + (ids[:max_tokens] if max_tokens else ids)
-    elif data.tokenizer_name(meta) == 'bpe':
-        ids = data.bpe_tokenizer(meta).encode(text).ids
-        ids = [meta['eot']] + (ids[:max_tokens] if max_tokens else ids)
+    if data.tokenizer_name(meta) in ('gpt2', 'bpe'):
+        if meta is None:
+            ids, eot = data.gpt2_encoding().encode_ordinary(text), data.GPT2_EOT
+        else:
+            ids, eot = data.bpe_tokenizer(meta).encode(text).ids, meta['eot']
+        ids = [eot] + (ids[:max_tokens] if max_tokens else ids)
     else:
         unknown = sorted(set(text) - meta['stoi'].keys())
         if unknown:

@@ -208,10 +208,12 @@ def token_bytes(meta, vocab_size):
             if i != enc.eot_token:
                 table[i] = len(enc.decode_single_token_bytes(i))
     elif data.tokenizer_name(meta) == 'bpe':
-        # a byte-level BPE spells each byte as one character: a token's length is its bytes
+        # a byte-level BPE spells each byte as one character: a token's length is its bytes; its
+        # special tokens (end-of-text, the chat tokens) spell none
         bpe = data.bpe_tokenizer(meta)
+        special = bpe.get_added_tokens_decoder()
         for i in range(min(bpe.get_vocab_size(), vocab_size)):
-            if i != meta['eot']:
+            if i not in special:
                 table[i] = len(bpe.id_to_token(i))
     else:
         for i, char in meta['itos'].items():

@@ -14,6 +14,7 @@ import torch
 
 from conftest import REPO, TINY_MODEL, assert_one_line_error, needs_bpe, random_hf_gpt2, run_torchrun
 from nanogpt import chat, data
+from nanogpt.evals import token_bytes
 
 LETTERS = 'abcdef'
 TRIPLES = [' '.join(t) for t in itertools.product(LETTERS, repeat=3)]
@@ -49,6 +50,10 @@ def test_rendering_round_trips_and_masks_only_the_assistant(base):
     assert chat.parse(ids, tok) == messages and ids[-1] == tok.ids['eot']
     learned = tok.decode([i for i, m in zip(ids, mask) if m])
     assert learned == 'c b a<|end|>f e d<|end|>'  # the answers and their ends, not the role tokens
+    # bits per byte counts the text's bytes: the chat tokens spell none
+    spelled = token_bytes(base, base['vocab_size'])
+    assert spelled[list(tok.ids.values())].sum() == 0 and spelled[ids].sum() == sum(
+        len(m['content'].encode()) for m in messages)
 
 
 def test_history_keeps_the_system_message_and_drops_the_oldest_turns(base):

@@ -1,10 +1,13 @@
 """Shared fixtures: run the repo's scripts as a user would, on tiny data in tmp_path."""
+import atexit
 import importlib.util
 import json
+import locale
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +25,9 @@ if os.environ.get('PYTEST_XDIST_WORKER'):  # a test per core (pytest.ini): one t
 
 if TIKTOKEN_CACHE.exists():  # GPT-2 BPE offline, here and in the scripts the tests run
     os.environ.setdefault('TIKTOKEN_CACHE_DIR', str(TIKTOKEN_CACHE))
+# what the scripts the tests start see: the environment pytest started with, not what libraries the tests
+# import in this process add to it later (Inductor's cache folder, tokenizers' parallelism, ...)
+STARTING_ENVIRONMENT = dict(os.environ)
 
 
 def pytest_collection_modifyitems(items):
@@ -58,25 +64,72 @@ def sample_text(n_chars=30_000):
 
 
 def _env(extra=None):
-    env = dict(os.environ, PYTHONUNBUFFERED='1', WANDB_MODE='offline', WANDB_SILENT='true',
+    env = dict(STARTING_ENVIRONMENT, PYTHONUNBUFFERED='1', WANDB_MODE='offline', WANDB_SILENT='true',
                HF_HUB_OFFLINE='1', HF_DATASETS_OFFLINE='1', TRANSFORMERS_VERBOSITY='error')
     env.update(extra or {})
     return env
 
 
+class _ScriptServer:
+    """tests/script_server.py, started on first use: runs a script as `python script` does, in a process forked
+    from one that has imported torch already (a few seconds each, for ~200 runs). NANOGPT_TESTS_FORK=0: off."""
+    enabled = hasattr(os, 'pidfd_open') and os.environ.get('NANOGPT_TESTS_FORK', '1') != '0'
+    READ_AT_STARTUP = ('PYTHON', 'LD_', 'OMP_', 'KMP_', 'MKL_', 'OPENBLAS_', 'DNNL_', 'ONEDNN_', 'TORCH', 'PYTORCH_',
+                       'CUDA', 'NCCL_', 'GLOO_', 'NUMPY_')
+    _server = None
+
+    @classmethod
+    def serves(cls, env, popen_args):
+        """Whether a fork runs as `python script` would: the variables torch, its libraries or Python itself
+        read at startup must be the server's (the child is given the rest of env, such as a test's own)."""
+        start = cls._server.env if cls._server else _env()
+        differs = {key for key, _ in set(env.items()) ^ set(start.items())}
+        return cls.enabled and not popen_args and not any(key.startswith(cls.READ_AT_STARTUP) for key in differs
+                                                          if key != 'PYTHONPATH')  # the server puts it on sys.path
+
+    @classmethod
+    def run(cls, command, cwd, env, timeout):
+        if cls._server is None:
+            cls._server = cls()
+        with tempfile.TemporaryDirectory() as folder:
+            out, err = Path(folder, 'stdout'), Path(folder, 'stderr')
+            request = dict(argv=command[1:], cwd=str(cwd), stdout=str(out), stderr=str(err), env=env, timeout=timeout)
+            cls._server.proc.stdin.write(json.dumps(request) + '\n')
+            cls._server.proc.stdin.flush()
+            answer = cls._server.proc.stdout.readline()
+            assert answer, f"tests/script_server.py stopped (exit {cls._server.proc.poll()}); NANOGPT_TESTS_FORK=0 avoids it"
+            answer = json.loads(answer)
+            if answer.get('timeout'):
+                raise subprocess.TimeoutExpired(command, timeout)
+            # read as subprocess.run(text=True) decodes: the locale's encoding, universal newlines
+            stdout, stderr = (path.read_text(encoding=locale.getpreferredencoding(False)) for path in (out, err))
+        return subprocess.CompletedProcess(command, answer['returncode'], stdout, stderr)
+
+    def __init__(self):
+        self.env = _env()
+        self.proc = subprocess.Popen([sys.executable, str(REPO / 'tests' / 'script_server.py')], env=self.env,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        atexit.register(self.proc.stdin.close)  # the server ends at end of input
+
+
+def _run(command, cwd, env, timeout, popen_args):
+    """subprocess.run(command, capture_output=True, text=True, ...), by the server where it can."""
+    if _ScriptServer.serves(_env(env), popen_args):
+        return _ScriptServer.run(command, cwd, _env(env), timeout)
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=_env(env), **popen_args)
+
+
 def _run_script(script, *args, cwd, expect=0, env=None, timeout=240, **popen_args):
-    result = subprocess.run([sys.executable, str(REPO / script), *map(str, args)], cwd=cwd,
-                            capture_output=True, text=True, timeout=timeout, env=_env(env), **popen_args)
+    result = _run([sys.executable, str(REPO / script), *map(str, args)], cwd, env, timeout, popen_args)
     if expect is not None:
         assert result.returncode == expect, f"exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     return result
 
 
-def run_torchrun(*command, cwd, env=None, timeout=240, **popen_args):
-    """torchrun --standalone with 2 processes on command (a script and its arguments), in cwd."""
-    return subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
-                           *map(str, command)], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=_env(env),
-                          **popen_args)
+def run_torchrun(*command, cwd, env=None, timeout=240, options=('--standalone', '--nproc_per_node=2'), **popen_args):
+    """torchrun with options (by default 2 processes on this machine) on command (a script and its arguments), in cwd."""
+    return _run([sys.executable, '-m', 'torch.distributed.run', *options, *map(str, command)], cwd, env, timeout,
+                popen_args)
 
 
 def train_losses(out_dir):
@@ -103,7 +156,7 @@ def random_hf_gpt2(path, vocab_size=100, n_positions=64, activation='gelu_new', 
 
 @pytest.fixture
 def run(tmp_path):
-    """run('train.py', '--max_iters=5', ...): the script from the repo, in tmp_path, as a subprocess.
+    """run('train.py', '--max_iters=5', ...): the script from the repo, in tmp_path, in a process of its own.
     Fails the test on an exit status other than expect (None: any); other keywords go to subprocess.run."""
     def _run(script, *args, cwd=None, **kwargs):
         return _run_script(script, *args, cwd=cwd or tmp_path, **kwargs)

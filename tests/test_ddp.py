@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from conftest import REPO, TINY_MODEL, _env
+from conftest import REPO, TINY_MODEL, _env, run_torchrun
 
 DDP_RUN = ['--dataset=tiny', '--out_dir=out', '--max_iters=30', '--eval_interval=15', '--log_interval=5',
            *TINY_MODEL, '--gradient_accumulation_steps=2']
@@ -27,9 +27,8 @@ def free_port():
 
 def test_two_processes_on_one_machine(tmp_path, char_data):
     logs = tmp_path / 'logs'
-    result = subprocess.run(torchrun(tmp_path, '--standalone', '--nproc_per_node=2', f'--log-dir={logs}',
-                                     '--redirects=3', '--tee=3') + DDP_RUN,
-                            cwd=tmp_path, capture_output=True, text=True, timeout=240, env=_env())
+    result = run_torchrun(REPO / 'train.py', *DDP_RUN, cwd=tmp_path,
+                          options=['--standalone', '--nproc_per_node=2', f'--log-dir={logs}', '--redirects=3', '--tee=3'])
     assert result.returncode == 0, result.stderr[-3000:]
     assert 'weights identical on all 2 ranks' in result.stdout
     assert '2 processes (DDP, gloo)' in result.stdout  # gloo chosen for the CPU
@@ -57,9 +56,7 @@ def test_two_nodes_on_loopback(tmp_path, char_data):
 
 
 def test_accumulation_steps_must_divide_by_world_size(tmp_path, char_data):
-    result = subprocess.run(torchrun(tmp_path, '--standalone', '--nproc_per_node=2') + DDP_RUN
-                            + ['--gradient_accumulation_steps=3'],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=240, env=_env())
+    result = run_torchrun(REPO / 'train.py', *DDP_RUN, '--gradient_accumulation_steps=3', cwd=tmp_path)
     assert result.returncode != 0
     message = 'gradient_accumulation_steps (3) must be divisible by the number of DDP processes (2)'
     assert result.stderr.count(message) == 1  # said once, by rank 0
@@ -84,9 +81,9 @@ def test_ctrl_c_under_torchrun_saves_the_latest_state(tmp_path, char_data):
 def test_resume_under_ddp_is_exact(tmp_path, char_data):
     # each rank's own random state (dropout) is saved and restored
     def torchrun_train(*args):
-        subprocess.run(torchrun(tmp_path, '--standalone', '--nproc_per_node=2') + DDP_RUN
-                       + ['--dropout=0.1', '--always_save_checkpoint=True', '--eval_interval=10', *args],
-                       cwd=tmp_path, capture_output=True, text=True, timeout=240, env=_env(), check=True)
+        result = run_torchrun(REPO / 'train.py', *DDP_RUN, '--dropout=0.1', '--always_save_checkpoint=True',
+                              '--eval_interval=10', *args, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr[-3000:]
     torchrun_train('--out_dir=straight', '--max_iters=20')
     torchrun_train('--out_dir=split', '--max_iters=10')
     torchrun_train('--out_dir=split', '--max_iters=20', '--init_from=resume')

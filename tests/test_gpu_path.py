@@ -3,7 +3,6 @@ a NaN that stops every rank, dtype choices and resumes across them, the right GP
 command that checks it all on a real GPU (run here with tiny shapes)."""
 import json
 import subprocess
-import sys
 import time
 
 import pytest
@@ -26,16 +25,14 @@ def test_the_training_step_never_waits_for_the_device(run, char_data):
     assert result.stdout.count('iter ') == 4  # 5, 10, 15, 20
 
 
-def test_a_sync_inside_the_step_is_caught(tmp_path, char_data):
+def test_a_sync_inside_the_step_is_caught(run, tmp_path, char_data):
     # the counter itself: train.py with the original's per-iteration loss.item() put back into the step
     source = (REPO / 'train.py').read_text()
     marker = '    loss_finite &= torch.isfinite(loss.detach())'
     assert marker in source
     (tmp_path / 'train_syncing.py').write_text(source.replace(marker, marker + '\n    loss.item()'))
-    result = subprocess.run([sys.executable, COUNT_SYNCS, str(tmp_path / 'train_syncing.py'), '--dataset=tiny',
-                             *TINY_MODEL, '--max_iters=6', '--log_interval=3'], cwd=tmp_path, capture_output=True,
-                            text=True, timeout=120, env=_env({'PYTHONPATH': str(REPO)}))
-    assert result.returncode == 1
+    result = run(COUNT_SYNCS, str(tmp_path / 'train_syncing.py'), '--dataset=tiny', *TINY_MODEL, '--max_iters=6',
+                 '--log_interval=3', env={'PYTHONPATH': str(REPO)}, expect=1)
     assert 'host syncs: 6 inside the training step (item 6' in result.stderr
 
 
@@ -121,13 +118,11 @@ def test_gpu_check_runs_its_steps_on_a_cpu(tmp_path, char_data):
     (['--device=cuda'], True, 'sees no CUDA device; on a CPU run --device=cpu --tiny=True'),
     (['--device=cpu', '--tiny=True', '--report_dir=/proc/no'], True, 'report_dir /proc/no is not writable'),
 ])
-def test_gpu_check_stops_at_once_without_what_it_needs(tmp_path, char_data, args, prepared, says):
+def test_gpu_check_stops_at_once_without_what_it_needs(run, tmp_path, char_data, args, prepared, says):
     if prepared:
         (tmp_path / 'data' / 'shakespeare_char').symlink_to(tmp_path / 'data' / 'tiny')
     started = time.time()
-    result = subprocess.run([sys.executable, str(REPO / 'benchmarks' / 'gpu_check.py'), *args,
-                             f'--out_root={tmp_path / "runs"}'], cwd=tmp_path, capture_output=True, text=True,
-                            timeout=60, env=_env())
+    result = run('benchmarks/gpu_check.py', *args, f'--out_root={tmp_path / "runs"}', timeout=60, expect=None)
     assert_one_line_error(result, 'gpu_check.py: error: ', says)
     assert time.time() - started < 30 and not (tmp_path / 'runs').exists()  # nothing started
 
@@ -152,13 +147,14 @@ runpy.run_path({script!r}, run_name='__main__')
     (100, False, True, 'this torch has no nccl'),
     (100, True, True, None),
 ])
-def test_gpu_check_on_a_gpu_checks_it_first_and_reports_a_failed_step(tmp_path, char_data, free_gb, nccl, triton, says):
+def test_gpu_check_on_a_gpu_checks_it_first_and_reports_a_failed_step(run, tmp_path, char_data, free_gb, nccl, triton,
+                                                                     says):
     # this machine's torch pretends to see an H200: the GPU's side of the environment check runs here
     (tmp_path / 'data' / 'shakespeare_char').symlink_to(tmp_path / 'data' / 'tiny')
     (tmp_path / 'fake_h200.py').write_text(FAKE_H200.format(free_gb=free_gb, nccl=nccl, triton=triton,
                                                            script=str(REPO / 'benchmarks' / 'gpu_check.py')))
-    result = subprocess.run([sys.executable, 'fake_h200.py', '--report_dir=report', f'--out_root={tmp_path / "runs"}'],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=120, env=_env())
+    result = run(tmp_path / 'fake_h200.py', '--report_dir=report', f'--out_root={tmp_path / "runs"}', timeout=120,
+                 expect=None)
     if says:
         assert_one_line_error(result, says)
         return

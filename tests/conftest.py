@@ -81,23 +81,27 @@ class _ScriptServer:
     @classmethod
     def serves(cls, env, popen_args):
         """Whether a fork runs as `python script` would: the variables torch, its libraries or Python itself
-        read at startup must be the server's (the child is given the rest of env, such as a test's own)."""
-        start = cls._server.env if cls._server else _env()
-        differs = {key for key, _ in set(env.items()) ^ set(start.items())}
-        return cls.enabled and not popen_args and not any(key.startswith(cls.READ_AT_STARTUP) for key in differs
-                                                          if key != 'PYTHONPATH')  # the server puts it on sys.path
+        read at startup must be the server's, which are _env()'s (the child is given the rest of env, such as
+        a test's own)."""
+        if not cls.enabled or popen_args:
+            return False
+        differs = {key for key, _ in set(env.items()) ^ set(_env().items())}
+        return not any(key.startswith(cls.READ_AT_STARTUP) for key in differs
+                       if key != 'PYTHONPATH')  # the server puts it on sys.path
 
     @classmethod
     def run(cls, command, cwd, env, timeout):
         if cls._server is None:
-            cls._server = cls()
+            cls._server = subprocess.Popen([sys.executable, str(REPO / 'tests' / 'script_server.py')], env=_env(),
+                                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            atexit.register(cls._server.stdin.close)  # the server ends at end of input
         with tempfile.TemporaryDirectory() as folder:
             out, err = Path(folder, 'stdout'), Path(folder, 'stderr')
             request = dict(argv=command[1:], cwd=str(cwd), stdout=str(out), stderr=str(err), env=env, timeout=timeout)
-            cls._server.proc.stdin.write(json.dumps(request) + '\n')
-            cls._server.proc.stdin.flush()
-            answer = cls._server.proc.stdout.readline()
-            assert answer, f"tests/script_server.py stopped (exit {cls._server.proc.poll()}); NANOGPT_TESTS_FORK=0 avoids it"
+            cls._server.stdin.write(json.dumps(request) + '\n')
+            cls._server.stdin.flush()
+            answer = cls._server.stdout.readline()
+            assert answer, f"tests/script_server.py stopped (exit {cls._server.poll()}); NANOGPT_TESTS_FORK=0 avoids it"
             answer = json.loads(answer)
             if answer.get('timeout'):
                 raise subprocess.TimeoutExpired(command, timeout)
@@ -105,18 +109,13 @@ class _ScriptServer:
             stdout, stderr = (path.read_text(encoding=locale.getpreferredencoding(False)) for path in (out, err))
         return subprocess.CompletedProcess(command, answer['returncode'], stdout, stderr)
 
-    def __init__(self):
-        self.env = _env()
-        self.proc = subprocess.Popen([sys.executable, str(REPO / 'tests' / 'script_server.py')], env=self.env,
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        atexit.register(self.proc.stdin.close)  # the server ends at end of input
-
 
 def _run(command, cwd, env, timeout, popen_args):
     """subprocess.run(command, capture_output=True, text=True, ...), by the server where it can."""
-    if _ScriptServer.serves(_env(env), popen_args):
-        return _ScriptServer.run(command, cwd, _env(env), timeout)
-    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=_env(env), **popen_args)
+    env = _env(env)
+    if _ScriptServer.serves(env, popen_args):
+        return _ScriptServer.run(command, cwd, env, timeout)
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env, **popen_args)
 
 
 def _run_script(script, *args, cwd, expect=0, env=None, timeout=240, **popen_args):

@@ -14,6 +14,7 @@ Protocol: a JSON line per request on stdin ({argv, cwd, env, stdout, stderr, tim
 """
 import json
 import os
+import runpy
 import select
 import signal
 import sys
@@ -60,7 +61,6 @@ def become(request):
     os.environ.update(request['env'])
     sys.path[1:1] = [path for path in os.environ.get('PYTHONPATH', '').split(os.pathsep) if path]  # as at startup
     os.chdir(request['cwd'])
-    import runpy
     numpy.random.seed()  # a fresh process draws its own seed; a fork would share the server's state
     if request['argv'][0] == '-m':  # python -m module args: the module's file as argv[0], the cwd first on the path
         sys.argv, sys.path[0] = request['argv'][1:], os.getcwd()

@@ -31,8 +31,12 @@ STARTING_ENVIRONMENT = dict(os.environ)
 
 
 def pytest_collection_modifyitems(items):
-    """Tests marked slow first: with a test per core, the cores then finish at about the same time."""
-    items.sort(key=lambda item: item.get_closest_marker('slow') is None)
+    """The tests marked slow first, longest first: handed out one at a time (pytest.ini), the cores then
+    finish at about the same time."""
+    def seconds(item):
+        slow = item.get_closest_marker('slow')
+        return 0 if slow is None else slow.args[0] if slow.args else 15
+    items.sort(key=seconds, reverse=True)  # stable: equals keep their order
 
 
 def _bpe_available():
@@ -63,58 +67,62 @@ def sample_text(n_chars=30_000):
     return '\n'.join(lines) + '\n'
 
 
-def _env(extra=None):
-    env = dict(STARTING_ENVIRONMENT, PYTHONUNBUFFERED='1', WANDB_MODE='offline', WANDB_SILENT='true',
-               HF_HUB_OFFLINE='1', HF_DATASETS_OFFLINE='1', TRANSFORMERS_VERBOSITY='error')
-    env.update(extra or {})
-    return env
-
-
 class _ScriptServer:
     """tests/script_server.py, started on first use: runs a script as `python script` does, in a process forked
-    from one that has imported torch already (a few seconds each, for ~200 runs). NANOGPT_TESTS_FORK=0: off."""
+    from one that has imported torch already (a few seconds each, for ~300 runs), and torchrun's workers too
+    (PYTHON_EXEC: tests/python_via_server). NANOGPT_TESTS_FORK=0: off."""
     enabled = hasattr(os, 'pidfd_open') and os.environ.get('NANOGPT_TESTS_FORK', '1') != '0'
-    READ_AT_STARTUP = ('PYTHON', 'LD_', 'OMP_', 'KMP_', 'MKL_', 'OPENBLAS_', 'DNNL_', 'ONEDNN_', 'TORCH', 'PYTORCH_',
-                       'CUDA', 'NCCL_', 'GLOO_', 'NUMPY_')
+    folder = None  # the socket for torchrun's workers, the output of a run
     _server = None
 
     @classmethod
-    def serves(cls, env, popen_args):
-        """Whether a fork runs as `python script` would: the variables torch, its libraries or Python itself
-        read at startup must be the server's, which are _env()'s (the child is given the rest of env, such as
-        a test's own)."""
-        if not cls.enabled or popen_args:
-            return False
-        differs = {key for key, _ in set(env.items()) ^ set(_env().items())}
-        return not any(key.startswith(cls.READ_AT_STARTUP) for key in differs
-                       if key != 'PYTHONPATH')  # the server puts it on sys.path
+    def environment(cls):
+        if not cls.enabled:
+            return {}
+        if cls.folder is None:
+            cls.folder = Path(tempfile.mkdtemp(prefix='nanogpt-tests-'))
+            atexit.register(shutil.rmtree, cls.folder, ignore_errors=True)
+        return dict(PYTHON_EXEC=str(REPO / 'tests' / 'python_via_server'), NANOGPT_TESTS_PYTHON=sys.executable,
+                    NANOGPT_TESTS_SERVER=str(cls.folder / 'workers.socket'))
 
     @classmethod
     def run(cls, command, cwd, env, timeout):
+        """subprocess.run's result for command, or None where the server refuses it (see its docstring)."""
         if cls._server is None:
-            cls._server = subprocess.Popen([sys.executable, str(REPO / 'tests' / 'script_server.py')], env=_env(),
+            cls._server = subprocess.Popen([sys.executable, str(REPO / 'tests' / 'script_server.py'),
+                                            str(cls.folder / 'workers.socket')], env=_env(),
                                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
             atexit.register(cls._server.stdin.close)  # the server ends at end of input
-        with tempfile.TemporaryDirectory() as folder:
-            out, err = Path(folder, 'stdout'), Path(folder, 'stderr')
-            request = dict(argv=command[1:], cwd=str(cwd), stdout=str(out), stderr=str(err), env=env, timeout=timeout)
-            cls._server.stdin.write(json.dumps(request) + '\n')
-            cls._server.stdin.flush()
-            answer = cls._server.stdout.readline()
-            assert answer, f"tests/script_server.py stopped (exit {cls._server.poll()}); NANOGPT_TESTS_FORK=0 avoids it"
-            answer = json.loads(answer)
-            if answer.get('timeout'):
-                raise subprocess.TimeoutExpired(command, timeout)
-            # read as subprocess.run(text=True) decodes: the locale's encoding, universal newlines
-            stdout, stderr = (path.read_text(encoding=locale.getpreferredencoding(False)) for path in (out, err))
+        out, err = cls.folder / 'stdout', cls.folder / 'stderr'
+        request = dict(argv=command[1:], cwd=str(cwd), stdout=str(out), stderr=str(err), env=env, timeout=timeout)
+        cls._server.stdin.write(json.dumps(request) + '\n')
+        cls._server.stdin.flush()
+        answer = cls._server.stdout.readline()
+        assert answer, f"tests/script_server.py stopped (exit {cls._server.poll()}); NANOGPT_TESTS_FORK=0 avoids it"
+        answer = json.loads(answer)
+        if answer.get('refused'):
+            return None
+        if answer.get('timeout'):
+            raise subprocess.TimeoutExpired(command, timeout)
+        # read as subprocess.run(text=True) decodes: the locale's encoding, universal newlines
+        stdout, stderr = (path.read_text(encoding=locale.getpreferredencoding(False)) for path in (out, err))
         return subprocess.CompletedProcess(command, answer['returncode'], stdout, stderr)
+
+
+def _env(extra=None):
+    env = dict(STARTING_ENVIRONMENT, PYTHONUNBUFFERED='1', WANDB_MODE='offline', WANDB_SILENT='true',
+               HF_HUB_OFFLINE='1', HF_DATASETS_OFFLINE='1', TRANSFORMERS_VERBOSITY='error',
+               **_ScriptServer.environment())
+    env.update(extra or {})
+    return env
 
 
 def _run(command, cwd, env, timeout, popen_args):
     """subprocess.run(command, capture_output=True, text=True, ...), by the server where it can."""
     env = _env(env)
-    if _ScriptServer.serves(env, popen_args):
-        return _ScriptServer.run(command, cwd, env, timeout)
+    served = _ScriptServer.run(command, cwd, env, timeout) if _ScriptServer.enabled and not popen_args else None
+    if served is not None:
+        return served
     return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env, **popen_args)
 
 

@@ -1,67 +1,156 @@
 """Runs the repo's scripts for the tests in processes forked from one that has already imported torch.
 
 A script started with `python script.py` spends a few seconds importing torch (and torch._dynamo, which the
-first optimizer step imports) before its first line of work; the suite starts about two hundred of them
-(torchrun's launchers included) on two cores. This server, one per pytest worker, imports those once; each
-request forks a child that becomes `python argv...` (a script, or -m and a module): its own process and
-process group, environment, cwd, argv, sys.path, stdin from /dev/null, stdout and stderr to files, run as
-__main__ by runpy and ended by the interpreter's own shutdown (exit status, traceback, atexit, threads). The
-tests' conftest sends a run here only when the variables read at interpreter or torch start-up are the
-server's own; anything else gets a real subprocess.
+first optimizer step imports) before its first line of work; the suite starts about two hundred and fifty of
+them and torchrun starts two workers for each of its twenty-odd runs, on two cores. This server, one per pytest
+worker, imports those once; each run is a forked child that becomes `python argv...` (a script, or -m and a
+module): its own process and session, environment, cwd, argv, sys.path and standard streams, run as __main__
+by runpy and ended by the interpreter's own shutdown (exit status, traceback, atexit, threads). It runs only
+what would start the same way: where a variable read at interpreter or torch start-up differs from the
+server's own, the run is refused and its asker starts a real interpreter.
 
-Protocol: a JSON line per request on stdin ({argv, cwd, env, stdout, stderr, timeout}; argv is what follows
-`python`), a JSON line per answer on stdout ({returncode} or {timeout: true}).
+Two ways in:
+- stdin, from the tests' conftest: a JSON line per request ({argv, cwd, env, stdout, stderr, timeout}; argv
+  is what follows `python`; stdin is /dev/null, stdout and stderr go to the files named), a JSON line per
+  answer on stdout ({returncode}, {timeout: true} or {refused: true}).
+- a Unix socket (the path is the first argument), from tests/python_via_server, which torchrun starts as each
+  worker's `python` (PYTHON_EXEC): the worker's argv, cwd and env with its three standard streams; answers
+  {started: true} or {refused: true}, then forwards the signal numbers the client sends, and at the end
+  sends {returncode}.
 """
+import gc
 import json
 import os
-import runpy
+import resource
 import select
 import signal
+import socket
 import sys
+import time
 
-import numpy  # noqa: F401  (what torch imports anyway; named so the child can reseed it)
-import torch  # noqa: F401
-import torch._dynamo  # noqa: F401
+# what torch, its libraries or Python itself read when they start: a run must find the server's own values
+READ_AT_STARTUP = ('PYTHON', 'LD_', 'OMP_', 'KMP_', 'MKL_', 'OPENBLAS_', 'DNNL_', 'ONEDNN_', 'TORCH', 'PYTORCH_',
+                   'CUDA', 'NCCL_', 'GLOO_', 'NUMPY_')
+# ... except these: put on sys.path by the child itself, or set by torchrun for its workers and read only
+# when torch.distributed starts
+READ_LATER = ('PYTHONPATH', 'TORCHELASTIC_', 'TORCH_NCCL_ASYNC_ERROR_HANDLING')
+STARTED_WITH = dict(os.environ)
 
 
-def serve():
-    """Answers requests until stdin closes; returns (in a forked child only) the request that child runs."""
-    requests, answers = sys.stdin, sys.stdout
-    for line in requests:
-        request = json.loads(line)
-        pid = os.fork()
-        if pid == 0:
-            return request
-        answers.write(json.dumps(wait(pid, request['timeout'])) + '\n')
-        answers.flush()
+def refuses(env):
+    """Whether a process given env would start differently from this one."""
+    differs = {key for key, _ in set(env.items()) ^ set(STARTED_WITH.items())}
+    return any(key.startswith(READ_AT_STARTUP) and not key.startswith(READ_LATER) for key in differs)
+
+
+def serve(listener):
+    """Answers requests until stdin closes, accepting worker connections meanwhile. Returns, in a forked child
+    only, what that child is to do: (become, request, stdio) or (handle_worker, connection)."""
+    running = None  # (pid, pidfd, deadline) of the stdin request being run
+    while True:
+        watched = [listener, running[1] if running else sys.stdin]
+        timeout = max(0.0, running[2] - time.monotonic()) if running else None
+        ready = select.select(watched, [], [], timeout)[0]
+        if running and not ready:  # out of time: the child and what it started
+            os.killpg(running[0], signal.SIGKILL)
+            os.waitpid(running[0], 0)
+            running = answer(running, {'timeout': True})
+        for source in ready:
+            if source is listener:
+                connection, _ = listener.accept()
+                pid = os.fork()
+                if pid == 0:  # forks the handler and exits, so that this loop never waits for a handler
+                    listener.close()
+                    if os.fork() == 0:
+                        return handle_worker, connection
+                    os._exit(0)
+                connection.close()
+                os.waitpid(pid, 0)
+            elif running:
+                running = answer(running, {'returncode': os.waitstatus_to_exitcode(os.waitpid(running[0], 0)[1])})
+            else:
+                line = sys.stdin.readline()
+                if not line:
+                    return None
+                request = json.loads(line)
+                if refuses(request['env']):
+                    write_answer({'refused': True})
+                    continue
+                pid = os.fork()
+                if pid == 0:
+                    listener.close()
+                    stdio = [os.open(os.devnull, os.O_RDONLY)] + [
+                        os.open(request[name], os.O_WRONLY | os.O_CREAT | os.O_TRUNC) for name in ('stdout', 'stderr')]
+                    return become, request, stdio
+                running = (pid, os.pidfd_open(pid), time.monotonic() + request['timeout'])
+
+
+def write_answer(message):
+    sys.stdout.write(json.dumps(message) + '\n')
+    sys.stdout.flush()
+
+
+def answer(running, message):
+    os.close(running[1])
+    write_answer(message)
     return None
 
 
-def wait(pid, timeout):
+def handle_worker(connection):
+    """One torchrun worker: forks it, passes on the signals its client gets, reports how it ended."""
+    quiet = os.open(os.devnull, os.O_RDWR)  # the server's pipes to conftest are not this process's to hold
+    os.dup2(quiet, 0)
+    os.dup2(quiet, 1)
+    os.close(quiet)
+    message, stdio, _, _ = socket.recv_fds(connection, 1 << 20, 3)
+    request = json.loads(message)
+    # as the client would start: the same variables read at start-up, resource limits (a test's file size
+    # limit, say) and interpreter options (-u only: the server's stdio is unbuffered already)
+    argv = request['argv'][1:] if request['argv'][:1] == ['-u'] else request['argv']
+    limits = {name: list(resource.getrlimit(getattr(resource, name))) for name in request['limits']}
+    options = argv[0].startswith('-') and argv[0] != '-m' if argv else True
+    if refuses(request['env']) or limits != request['limits'] or options:
+        connection.send(json.dumps({'refused': True}).encode())
+        os._exit(0)
+    pid = os.fork()
+    if pid == 0:
+        connection.close()
+        return become(dict(request, argv=argv), stdio)
+    for fd in stdio:
+        os.close(fd)
+    connection.send(json.dumps({'started': True}).encode())
     pidfd = os.pidfd_open(pid)
-    try:
-        if not select.select([pidfd], [], [], timeout)[0]:
-            os.killpg(pid, signal.SIGKILL)
+    while True:
+        ready = select.select([connection, pidfd], [], [])[0]
+        if pidfd in ready:
+            status = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+            connection.send(json.dumps({'returncode': status}).encode())
+            os._exit(0)
+        signal_number = connection.recv(64)
+        try:  # the worker's whole group, as torchrun signals it; the client gone (SIGKILLed): kill it too
+            os.killpg(pid, int(signal_number) if signal_number else signal.SIGKILL)
+        except ProcessLookupError:  # not yet its own group
+            os.kill(pid, int(signal_number) if signal_number else signal.SIGKILL)
+        if not signal_number:
             os.waitpid(pid, 0)
-            return {'timeout': True}
-        return {'returncode': os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])}
-    finally:
-        os.close(pidfd)
+            os._exit(0)
 
 
-def become(request):
-    """Turns this forked child into `python argv...` (a script or -m module) started in cwd."""
+def become(request, stdio):
+    """Turns this forked child into `python argv...` (a script or -m module) started in cwd with stdio as fds 0-2."""
+    import random
+    import runpy
+    import numpy
     os.setsid()  # its own process group, so that a timeout kills what it started too
-    for fd, path, flags in ((0, os.devnull, os.O_RDONLY), (1, request['stdout'], os.O_WRONLY | os.O_CREAT | os.O_TRUNC),
-                            (2, request['stderr'], os.O_WRONLY | os.O_CREAT | os.O_TRUNC)):
-        opened = os.open(path, flags)
+    for fd, opened in enumerate(stdio):
         os.dup2(opened, fd)
         os.close(opened)
     os.environ.clear()
     os.environ.update(request['env'])
     sys.path[1:1] = [path for path in os.environ.get('PYTHONPATH', '').split(os.pathsep) if path]  # as at startup
     os.chdir(request['cwd'])
-    numpy.random.seed()  # a fresh process draws its own seed; a fork would share the server's state
+    numpy.random.seed()  # a fresh process draws its own seeds; a fork would share the server's state
+    random.seed()
     if request['argv'][0] == '-m':  # python -m module args: the module's file as argv[0], the cwd first on the path
         sys.argv, sys.path[0] = request['argv'][1:], os.getcwd()
         runpy.run_module(request['argv'][1], run_name='__main__', alter_sys=True)
@@ -71,6 +160,16 @@ def become(request):
 
 
 if __name__ == '__main__':
-    child_request = serve()
-    if child_request is not None:
-        become(child_request)
+    import numpy  # noqa: F401  (what torch imports anyway)
+    import torch  # noqa: F401
+    import torch._dynamo  # noqa: F401
+    # out of the collector's sight, so that no child's collections (or its exit's) write to these pages
+    # and copy them: ending a child took over a second without this, a quarter of one with it
+    gc.collect()
+    gc.freeze()
+    workers = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    workers.bind(sys.argv[1])
+    workers.listen(16)
+    child = serve(workers)
+    if child is not None:
+        child[0](*child[1:])

@@ -24,7 +24,7 @@ def weights(path):
     return torch.load(path, weights_only=True)['model']
 
 
-@pytest.mark.slow
+@pytest.mark.slow(45)
 def test_one_process_compiles_once_per_mode_never_waits_and_is_reproducible(run, tmp_path, char_data):
     # no cached graphs, as on a fresh GPU machine: a cold compile is when Inductor reads constants on
     # the host (the C++ builds of its kernels may come from the cache: they read nothing); two threads,

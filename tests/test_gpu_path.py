@@ -85,7 +85,7 @@ def test_a_second_gpu_becomes_the_current_one(monkeypatch):
     assert current == ['cuda:1'] and rt.device == 'cuda:1'
 
 
-@pytest.mark.slow
+@pytest.mark.slow(80)
 def test_gpu_check_runs_its_steps_on_a_cpu(tmp_path, char_data):
     # the GPU check, tiny and compiled as on a GPU: every step, so the script cannot rot between GPU sessions
     (tmp_path / 'data' / 'shakespeare_char').symlink_to(tmp_path / 'data' / 'tiny')

@@ -110,7 +110,7 @@ def test_a_vocabulary_past_uint16_is_stored_as_uint32(run, tmp_path):
     train = np.fromfile(tmp_path / 'data' / 'wide' / 'train.bin', dtype=np.uint32)
     assert train.max() == meta['eot'] == 70_001 and (train > 65_535).sum() > 1000
     run('train.py', '--dataset=wide', '--out_dir=out', *TRAIN, '--n_embd=8', '--n_head=1')
-    result = run('eval.py', '--out_dir=out', '--device=cpu', '--dataset=wide', '--results_file=r.jsonl')
+    run('eval.py', '--out_dir=out', '--device=cpu', '--dataset=wide', '--results_file=r.jsonl')
     rows = [json.loads(line) for line in (tmp_path / 'r.jsonl').read_text().splitlines()]
     val = np.fromfile(tmp_path / 'data' / 'wide' / 'val.bin', dtype=np.uint32)
     assert rows[0]['examples'] == len(val) - 1  # read as uint32: every token once

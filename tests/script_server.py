@@ -21,7 +21,9 @@ Two ways in:
 import gc
 import json
 import os
+import random
 import resource
+import runpy
 import select
 import signal
 import socket
@@ -54,7 +56,8 @@ def serve(listener):
         if running and not ready:  # out of time: the child and what it started
             os.killpg(running[0], signal.SIGKILL)
             os.waitpid(running[0], 0)
-            running = answer(running, {'timeout': True})
+            finish(running, {'timeout': True})
+            running = None
         for source in ready:
             if source is listener:
                 connection, _ = listener.accept()
@@ -67,7 +70,8 @@ def serve(listener):
                 connection.close()
                 os.waitpid(pid, 0)
             elif running:
-                running = answer(running, {'returncode': os.waitstatus_to_exitcode(os.waitpid(running[0], 0)[1])})
+                finish(running, {'returncode': os.waitstatus_to_exitcode(os.waitpid(running[0], 0)[1])})
+                running = None
             else:
                 line = sys.stdin.readline()
                 if not line:
@@ -90,10 +94,9 @@ def write_answer(message):
     sys.stdout.flush()
 
 
-def answer(running, message):
+def finish(running, message):
     os.close(running[1])
     write_answer(message)
-    return None
 
 
 def handle_worker(connection):
@@ -126,20 +129,19 @@ def handle_worker(connection):
             status = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
             connection.send(json.dumps({'returncode': status}).encode())
             os._exit(0)
-        signal_number = connection.recv(64)
-        try:  # the worker's whole group, as torchrun signals it; the client gone (SIGKILLed): kill it too
-            os.killpg(pid, int(signal_number) if signal_number else signal.SIGKILL)
+        forwarded = connection.recv(64)
+        number = int(forwarded) if forwarded else signal.SIGKILL  # the client gone (SIGKILLed): the worker too
+        try:  # the worker's whole group, as torchrun signals it
+            os.killpg(pid, number)
         except ProcessLookupError:  # not yet its own group
-            os.kill(pid, int(signal_number) if signal_number else signal.SIGKILL)
-        if not signal_number:
+            os.kill(pid, number)
+        if not forwarded:
             os.waitpid(pid, 0)
             os._exit(0)
 
 
 def become(request, stdio):
     """Turns this forked child into `python argv...` (a script or -m module) started in cwd with stdio as fds 0-2."""
-    import random
-    import runpy
     import numpy
     os.setsid()  # its own process group, so that a timeout kills what it started too
     for fd, opened in enumerate(stdio):

@@ -50,7 +50,7 @@ min_free_gb = 16.0  # free GPU memory the check needs: the GPT-2 shape's step (b
 configure(globals())
 
 on_gpu = device.startswith('cuda')
-python = os.environ.get('PYTHON_EXEC', sys.executable)  # every step's interpreter, the torchrun step's too
+python = sys.executable  # every step's interpreter, the torchrun step's too
 started = time.time()
 data_dir = os.path.join('data', dataset)
 

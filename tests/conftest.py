@@ -1,13 +1,12 @@
 """Shared fixtures: run the repo's scripts as a user would, on tiny data in tmp_path."""
-import atexit
+import contextlib
 import importlib.util
 import json
-import locale
 import os
+import random
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -59,71 +58,33 @@ TINY_MODEL = ['--n_layer=2', '--n_head=2', '--n_embd=16', '--block_size=16', '--
 
 
 def sample_text(n_chars=30_000):
-    """Shakespeare when ../shared/data has it, otherwise made-up text with a similar alphabet."""
-    if SHAKESPEARE.exists():
-        return SHAKESPEARE.read_text(encoding='utf-8')[:n_chars]
-    words = ['the', 'king', 'my', 'lord', 'thou', 'art', 'not', 'what', 'say', 'ROMEO:', 'JULIET:', 'and', 'of']
-    lines = [' '.join(words[(i * 7 + j * 3) % len(words)] for j in range(8)) for i in range(n_chars // 40)]
-    return '\n'.join(lines) + '\n'
-
-
-class _ScriptServer:
-    """tests/script_server.py, started on first use: runs a script as `python script` does, in a process forked
-    from one that has imported torch already (a few seconds each, for ~300 runs), and torchrun's workers too
-    (PYTHON_EXEC: tests/python_via_server). NANOGPT_TESTS_FORK=0: off."""
-    enabled = hasattr(os, 'pidfd_open') and os.environ.get('NANOGPT_TESTS_FORK', '1') != '0'
-    folder = None  # the socket for torchrun's workers, the output of a run
-    _server = None
-
-    @classmethod
-    def environment(cls):
-        if not cls.enabled:
-            return {}
-        if cls.folder is None:
-            cls.folder = Path(tempfile.mkdtemp(prefix='nanogpt-tests-'))
-            atexit.register(shutil.rmtree, cls.folder, ignore_errors=True)
-        return dict(PYTHON_EXEC=str(REPO / 'tests' / 'python_via_server'), NANOGPT_TESTS_PYTHON=sys.executable,
-                    NANOGPT_TESTS_SERVER=str(cls.folder / 'workers.socket'))
-
-    @classmethod
-    def run(cls, command, cwd, env, timeout):
-        """subprocess.run's result for command, or None where the server refuses it (see its docstring)."""
-        if cls._server is None:
-            cls._server = subprocess.Popen([sys.executable, str(REPO / 'tests' / 'script_server.py'),
-                                            str(cls.folder / 'workers.socket')], env=_env(),
-                                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-            atexit.register(cls._server.stdin.close)  # the server ends at end of input
-        out, err = cls.folder / 'stdout', cls.folder / 'stderr'
-        request = dict(argv=command[1:], cwd=str(cwd), stdout=str(out), stderr=str(err), env=env, timeout=timeout)
-        cls._server.stdin.write(json.dumps(request) + '\n')
-        cls._server.stdin.flush()
-        answer = cls._server.stdout.readline()
-        assert answer, f"tests/script_server.py stopped (exit {cls._server.poll()}); NANOGPT_TESTS_FORK=0 avoids it"
-        answer = json.loads(answer)
-        if answer.get('refused'):
-            return None
-        if answer.get('timeout'):
-            raise subprocess.TimeoutExpired(command, timeout)
-        # read as subprocess.run(text=True) decodes: the locale's encoding, universal newlines
-        stdout, stderr = (path.read_text(encoding=locale.getpreferredencoding(False)) for path in (out, err))
-        return subprocess.CompletedProcess(command, answer['returncode'], stdout, stderr)
+    """Made-up verse, the same wherever the tests run (they must not depend on ../shared): speakers' names
+    and lines of words, every letter in both cases, the punctuation of a play."""
+    rng = random.Random(0)
+    words = ('the king my lord thou art not what say and of a quick brown fox jumps over lazy dog while '
+             'she holds her hammer in your hand then we go to see he is on roof with shingles up down by '
+             'ground ladder climbs man woman sitting starts pulling throws them very zounds xanthe').split()
+    speakers = ('ROMEO', 'JULIET', 'KING RICHARD', 'First Citizen', 'MENENIUS')
+    lines = []
+    while sum(map(len, lines)) < n_chars:
+        lines.append(f"{rng.choice(speakers)}:")
+        for _ in range(rng.randint(1, 4)):
+            sentence = ' '.join(rng.choice(words) for _ in range(rng.randint(3, 9)))
+            lines.append(sentence.capitalize() + rng.choice(".,;:!?-'"))
+        lines.append('')  # a blank line between speeches
+    return '\n'.join(lines)[:n_chars]
 
 
 def _env(extra=None):
     env = dict(STARTING_ENVIRONMENT, PYTHONUNBUFFERED='1', WANDB_MODE='offline', WANDB_SILENT='true',
-               HF_HUB_OFFLINE='1', HF_DATASETS_OFFLINE='1', TRANSFORMERS_VERBOSITY='error',
-               **_ScriptServer.environment())
+               HF_HUB_OFFLINE='1', HF_DATASETS_OFFLINE='1', TRANSFORMERS_VERBOSITY='error')
     env.update(extra or {})
     return env
 
 
 def _run(command, cwd, env, timeout, popen_args):
-    """subprocess.run(command, capture_output=True, text=True, ...), by the server where it can."""
-    env = _env(env)
-    served = _ScriptServer.run(command, cwd, env, timeout) if _ScriptServer.enabled and not popen_args else None
-    if served is not None:
-        return served
-    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env, **popen_args)
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=_env(env),
+                          **popen_args)
 
 
 def _run_script(script, *args, cwd, expect=0, env=None, timeout=240, **popen_args):
@@ -210,13 +171,28 @@ def load_script(relative_path):
 
 
 def assert_one_line_error(result, *fragments):
-    """Bad input: exit status 2, one line on stderr that says what is wrong, no traceback."""
+    """Bad input: exit status 2, one line on stderr that says what is wrong, no traceback. result: a script's
+    subprocess.run result (refused below does it in-process)."""
     assert result.returncode == 2, f"exit {result.returncode}\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert 'Traceback' not in result.stderr
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
+
+
+@pytest.fixture
+def refused(capsys):
+    """with refused('fragment', ...): code -- the code stops as bad input does (nanogpt.report.fail): exit
+    status 2 and one line on stderr that holds every fragment."""
+    @contextlib.contextmanager
+    def expect(*fragments):
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as stop:
+            yield
+        err = capsys.readouterr().err
+        assert_one_line_error(subprocess.CompletedProcess([], stop.value.code, '', err), *fragments)
+    return expect
 
 
 # HellaSwag in its own file format, for eval.py and train.py --hellaswag_interval

@@ -3,6 +3,7 @@ a NaN that stops every rank, dtype choices and resumes across them, the right GP
 command that checks it all on a real GPU (run here with tiny shapes)."""
 import json
 import subprocess
+import sys
 import time
 
 import pytest
@@ -89,9 +90,11 @@ def test_a_second_gpu_becomes_the_current_one(monkeypatch):
 def test_gpu_check_runs_its_steps_on_a_cpu(tmp_path, char_data):
     # the GPU check, tiny and compiled as on a GPU: every step, so the script cannot rot between GPU sessions
     (tmp_path / 'data' / 'shakespeare_char').symlink_to(tmp_path / 'data' / 'tiny')
+    # the runbook's command, with the interpreter running the tests (python3 on PATH may be another)
     result = subprocess.run(['bash', str(REPO / 'benchmarks' / 'gpu_check.sh'), '--device=cpu', '--tiny=True',
                              '--iters=10', '--full=True', f'--out_root={tmp_path / "runs"}', '--report_dir=report'],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=300, env=_env())
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                            env=_env({'PYTHON': sys.executable}))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert '\nenvironment: torch ' in result.stdout
     assert sorted(path.name for path in (tmp_path / 'report').iterdir()) == ['log.txt', 'results.jsonl', 'table.md']
@@ -134,8 +137,7 @@ torch.cuda.is_available = lambda: True
 torch.cuda.get_device_name = lambda device=None: 'NVIDIA H200'
 torch.cuda.mem_get_info = lambda device=None: ({free_gb} * 2**30, 141 * 2**30)
 torch.distributed.is_nccl_available = lambda: {nccl}
-if {triton}:
-    sys.modules['triton'] = types.SimpleNamespace(__version__='3.6.0')
+sys.modules['triton'] = types.SimpleNamespace(__version__='3.6.0') if {triton} else None  # None: import fails
 sys.argv[0] = {script!r}
 runpy.run_path({script!r}, run_name='__main__')
 '''

@@ -20,7 +20,7 @@ import time
 import numpy as np
 import torch
 
-from nanogpt import checkpoints, data, optimizers, report, runtime
+from nanogpt import data, flops, memory, models, optimizers, report, runtime
 from configurator import configure
 from model import GPT, MODERN_DEFAULTS, GPTConfig, KVCache, StaticKVCache
 
@@ -82,7 +82,7 @@ try:
                           vocab_size=vocab_size, dropout=dropout, **{k: config[k] for k in MODERN_DEFAULTS}))
 except ValueError as e:
     report.fail(str(e))
-runtime.place_model(model, rt, rows=batch_size * block_size if mode == 'train' else 1, backward=mode == 'train')
+runtime.place_model(model, rt)
 forward = torch.compile(model) if rt.compile else model
 
 
@@ -104,10 +104,10 @@ def timed(fn):
 if rt.device_type == 'cuda':
     device_name = torch.cuda.get_device_name(rt.device)
 else:
-    device_name = f"{runtime.cpu_name(rt.device_type)}, {torch.get_num_threads()} threads"
+    device_name = f"{flops.cpu_name(rt.device_type)}, {torch.get_num_threads()} threads"
 record = {'bench': mode, 'time': time.strftime('%Y-%m-%d %H:%M:%S'), 'device': rt.device, 'device_name': device_name,
           'dtype': rt.dtype, 'compile': rt.compile, 'onednn': rt.onednn, 'torch': torch.__version__,
-          'model': checkpoints.model_args_of(model.config), 'optimizer': config['optimizer'],
+          'model': models.model_args_of(model.config), 'optimizer': config['optimizer'],
           'params': model.get_num_params()}
 print(f"{device_name}, {rt.dtype}, compile {rt.compile}{runtime.describe_linears(rt)}: {report.format_count(model.get_num_params())} parameters")
 
@@ -161,14 +161,14 @@ if mode == 'train':
         print("trace written to bench_log/ (open it in Perfetto or chrome://tracing)")
     median = statistics.median(times)
     tokens = batch_size * block_size * gradient_accumulation_steps
-    peak = runtime.peak_flops(rt.device, rt.dtype)
+    peak = flops.peak_flops(rt.device, rt.dtype)
     mfu = model.estimate_mfu(batch_size * gradient_accumulation_steps, median, peak) if peak else None
     record.update(batch_size=batch_size, gradient_accumulation_steps=gradient_accumulation_steps, real_data=real_data,
                   profiled=profile, median_ms=round(median * 1000, 3), p10_ms=round(np.percentile(times, 10) * 1000, 3),
                   p90_ms=round(np.percentile(times, 90) * 1000, 3), tokens_per_s=round(tokens / median),
                   peak_tflops=round(peak / 1e12, 2) if peak else None, mfu=round(mfu, 4) if mfu else None,
                   loss=round(loss.item() * gradient_accumulation_steps, 4), page_faults_per_iter=round(faults, 1),
-                  **runtime.peak_memory_gb(rt))
+                  **memory.peak_memory_gb(rt))
     print(f"median {median * 1000:.2f} ms/iter (p10 {record['p10_ms']:.2f}, p90 {record['p90_ms']:.2f}) over "
           f"{bench_iters} iterations, {tokens / median:,.0f} tokens/s"
           + (f", MFU {mfu * 100:.1f}% of {peak / 1e12:.3g} TFLOPS" if mfu else ", MFU unknown (no peak for this device)"))

@@ -54,10 +54,13 @@ def _coerce(name, value, default, nullable, raw=None):
     fail(f"{name} takes {_type_name(default)} (default {default!r}), not {shown}")
 
 
-def _unknown(name, settings, flag=''):
+def _did_you_mean(name, settings, flag=''):
     close = difflib.get_close_matches(name, settings, n=1, cutoff=0.6)
-    hint = f" (did you mean {flag}{close[0]}?)" if close else ''
-    fail(f"unknown setting {flag}{name}{hint}; {_script()} --help lists them all")
+    return f" (did you mean {flag}{close[0]}?)" if close else ''
+
+
+def _unknown(name, settings, flag=''):
+    fail(f"unknown setting {flag}{name}{_did_you_mean(name, settings, flag)}; {_script()} --help lists them all")
 
 
 def _script():
@@ -132,18 +135,18 @@ def _run_config(path, namespace, defaults, nullable, lenient):
         if name not in settings and lenient:
             continue
         if name not in settings:
-            close = difflib.get_close_matches(name, settings, n=1, cutoff=0.6)
-            fail(f"{path} sets unknown setting {name}" + (f" (did you mean {close[0]}?)" if close else ''))
+            fail(f"{path} sets unknown setting {name}{_did_you_mean(name, settings)}")
         updates[name] = _coerce(name, scope[name], defaults[name], nullable)
     return updates
 
 
-def configure(namespace, argv=None, nullable=(), echo=sys.stdout, lenient_files=False):
+def configure(namespace, argv=None, nullable=(), echo=True, lenient_files=False):
     """Apply config files and --key=value arguments to a script's settings, in order.
 
     namespace is the script's globals(): every public int/float/bool/str/None in it is a
     setting. nullable names settings that may also be None (e.g. top_k=None: no top-k).
-    What was overridden is printed to echo (None: nowhere) once every argument is accepted.
+    What was overridden is printed once every argument is accepted: to sys.stdout as it is then
+    (echo=True), to a file given as echo, or nowhere (None).
     lenient_files lets config files set names this script does not have (bench.py reads the
     training configs for their model and batch), which are then ignored.
     Returns (config, explicit): all settings after overrides, and the names that a config
@@ -186,5 +189,6 @@ def configure(namespace, argv=None, nullable=(), echo=sys.stdout, lenient_files=
         sys.exit(0)
     if report and echo and int(os.environ.get('RANK', 0)) == 0:  # under DDP, rank 0 speaks for all
         for source, updates in report:
-            print(f"{source}: " + ', '.join(f"{k}={v!r}" for k, v in updates.items()), file=echo, flush=True)
+            print(f"{source}: " + ', '.join(f"{k}={v!r}" for k, v in updates.items()),
+                  file=sys.stdout if echo is True else echo, flush=True)
     return {k: namespace[k] for k in settings}, set(explicit)

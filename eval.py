@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from nanogpt import checkpoints, distributed, evals, report, runtime
+from nanogpt import distributed, evals, models, report, runtime
 from configurator import configure
 
 # -----------------------------------------------------------------------------
@@ -48,12 +48,9 @@ if batch_size < 1 or max_examples < 0 or max_tokens < 0 or stride < 0:
 if hellaswag not in (True, False, 'auto'):
     report.fail(f"--hellaswag takes auto, True or False, not {hellaswag!r}")
 rt = runtime.setup_runtime(device, dtype, compile, backend, seed, onednn)
-model, meta, model_name = checkpoints.inference_model(init_from, out_dir)
+model, meta, model_name = models.inference_model(init_from, out_dir)
 vocab_size, block_size = model.config.vocab_size, model.config.block_size
-run_hellaswag = hellaswag is True or (hellaswag == 'auto' and not (text_file or dataset))
-if not (run_hellaswag or text_file or dataset):
-    report.fail("nothing to evaluate: give --text_file=PATH or --dataset=NAME for loss and bits per byte, "
-                "or --hellaswag=True")
+run_hellaswag = evals.runs_hellaswag(hellaswag, text_file, dataset)
 # the data first, so that a mistake in it shows before the model is placed and timed
 examples = evals.load_hellaswag(hellaswag_file, rt, meta, vocab_size, max_examples) if run_hellaswag else None
 texts = []  # (task name, token ids)
@@ -63,8 +60,7 @@ if dataset:
     texts.append((f"val:{dataset}", evals.val_tokens(dataset, meta, vocab_size, max_tokens)))
 bytes_per_token = evals.token_bytes(meta, vocab_size) if texts else None
 
-rows_per_forward = batch_size * (4 * 128 if run_hellaswag else block_size)  # HellaSwag rows are ~100 tokens
-runtime.place_model(model, rt, rows=rows_per_forward, backward=False)
+runtime.place_model(model, rt)
 if rt.compile:
     # the Transformer, for any batch shape; the head runs on the scored positions alone (a
     # data-dependent shape, which would break the graph)

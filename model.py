@@ -387,7 +387,7 @@ class GPT(nn.Module):
         return 6 * self.get_num_params() + 12 * cfg.n_layer * cfg.n_embd * cfg.block_size
 
     def estimate_mfu(self, fwdbwd_per_iter, dt, peak_flops):
-        """Model FLOPs utilisation: achieved FLOP/s over the device's peak FLOP/s (runtime.peak_flops
+        """Model FLOPs utilisation: achieved FLOP/s over the device's peak FLOP/s (flops.peak_flops
         knows devices; the model does not)."""
         flops_per_iter = self.flops_per_token() * self.config.block_size * fwdbwd_per_iter
         return flops_per_iter / dt / peak_flops

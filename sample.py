@@ -20,7 +20,7 @@ import sys
 
 import torch
 
-from nanogpt import chat as chats, checkpoints, data, report, runtime
+from nanogpt import chat as chats, download, models, report, runtime, tokens
 from configurator import configure
 
 # -----------------------------------------------------------------------------
@@ -61,42 +61,23 @@ rt = runtime.setup_runtime(device, dtype, compile, seed=seed, onednn=onednn)
 if rt.compile and not kv_cache:
     report.fail("compile compiles the KV cache's one-token step; use --kv_cache=True, or --compile=False")
 
-model, meta, _ = checkpoints.inference_model(init_from, out_dir)  # meta: a character vocabulary, or None
-encode, decode = data.load_tokenizer(meta)
+model, meta, _ = models.inference_model(init_from, out_dir)  # meta: a character vocabulary, or None
+encode, decode = tokens.load_tokenizer(meta)
 
 model.eval()
-runtime.place_model(model, rt, rows=num_samples, backward=False)  # generation: a few rows, forward only
+runtime.place_model(model, rt)
 
 sampling = dict(temperature=temperature, top_k=top_k, use_cache=kv_cache, slide_to=slide_to or model.config.block_size // 2,
                 decode_step=torch.compile(model) if rt.compile else None)
 if chat:
     tok = chats.ChatTokenizer(meta, model.config.vocab_size)
     chats.check_content(system, '--system')
-    room = min(max_new_tokens, model.config.block_size // 2)  # the history leaves the reply this much context
-
-    def reply(messages):
-        """The assistant's next message, printed as it is written."""
-        ids, dropped = chats.prompt(messages, tok, model.config.block_size - room)
-        if dropped:
-            print(f"(the {dropped} oldest messages no longer fit in the context and are left out)", file=sys.stderr)
-        answer = []
-        stream = data.TextStream(tok.decode, [])
-
-        def show(token):
-            if token.item() != tok.ids['end']:
-                answer.append(token.item())
-                stream.push(token.item())
-        with torch.no_grad(), rt.autocast:
-            model.generate(torch.tensor([ids], device=rt.device), max_new_tokens, on_token=show,
-                           stop_token=tok.ids['end'], **sampling)
-        print(flush=True)
-        return tok.decode(answer)
     opening = [{'role': 'system', 'content': system}] if system else []
     if prompt or prompts_file:  # for scripts: each message a conversation of its own
-        questions = [prompt] if prompt else data.read_text(prompts_file).splitlines()
+        questions = [prompt] if prompt else download.read_text(prompts_file).splitlines()
         for number, text in enumerate((q for q in questions if q.strip()), 1):
             chats.check_content(text, '--prompt' if prompt else f"{prompts_file} line {number}")
-            reply(opening + [{'role': 'user', 'content': text}])
+            chats.reply(model, tok, opening + [{'role': 'user', 'content': text}], max_new_tokens, rt, **sampling)
         sys.exit(0)
     messages = list(opening)
     while True:
@@ -110,7 +91,8 @@ if chat:
             print(f"(not sent: the message contains the special token {token}; write it without)", file=sys.stderr)
             continue
         messages.append({'role': 'user', 'content': text})
-        messages.append({'role': 'assistant', 'content': reply(messages)})
+        answer = chats.reply(model, tok, messages, max_new_tokens, rt, **sampling)
+        messages.append({'role': 'assistant', 'content': answer})
     sys.exit(0)
 
 start_ids = encode(start)
@@ -119,7 +101,7 @@ if not start_ids:
 x = torch.tensor(start_ids, dtype=torch.long, device=rt.device)[None, ...]
 with torch.no_grad(), rt.autocast:
     if num_samples == 1:  # one sample: print it as it is written
-        stream = data.TextStream(decode, start_ids)
+        stream = report.TextStream(decode, start_ids)
         model.generate(x, max_new_tokens, on_token=lambda token: stream.push(token.item()), **sampling)
         print('\n---------------')
     else:  # several: all at once, as one batch, then each followed by the original's separator line

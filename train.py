@@ -16,9 +16,10 @@ from contextlib import nullcontext
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from nanogpt import checkpoints, data, distributed, evals, optimizers, report, runtime
+from nanogpt import (checkpoints, data, distributed, evals, flops, memory, models, optimizers, out_dirs, randomness,
+                     report, runtime, settings)
 from configurator import configure
-from model import GPT, MODERN_DEFAULTS, GPTConfig
+from model import MODERN_DEFAULTS
 
 # -----------------------------------------------------------------------------
 # default settings train GPT-2 (124M) on OpenWebText, as in the original
@@ -82,62 +83,50 @@ device = 'auto'  # 'auto' (cuda, then mps, then cpu), 'cpu', 'cuda', 'cuda:1', '
 dtype = 'auto'  # 'float32', 'bfloat16', 'float16'; auto: bfloat16 (else float16) on CUDA, float32 elsewhere
 compile = 'auto'  # torch.compile the model; 'auto' is on for CUDA only
 compile_scope = 'auto'  # 'model' (one graph) or 'blocks' (each block compiled); auto: blocks under torchrun
-onednn = 'auto'  # CPU, float32: Linear layers' matmuls in oneDNN; 'auto' times both here, takes the faster
+onednn = 'auto'  # CPU, float32: Linear layers' matmuls in oneDNN; 'auto': on AMD CPUs with AVX-512 (docs/settings.md)
 seed = 1337  # drives the init, the batches and dropout
 # -----------------------------------------------------------------------------
 config, explicit = configure(globals())
 # -----------------------------------------------------------------------------
-
-for name in ('batch_size', 'block_size', 'gradient_accumulation_steps', 'eval_interval', 'eval_iters',
-             'log_interval'):
-    if config[name] < 1:
-        report.fail(f"--{name} must be at least 1, not {config[name]}")
-if max_iters < 0 or learning_rate < 0 or min_lr < 0 or warmup_iters < 0 or hellaswag_interval < 0:
-    report.fail("max_iters, learning_rate, min_lr, warmup_iters and hellaswag_interval cannot be negative")
+# where it runs: the settings checked, the device and processes set up, out_dir claimed
+settings.check_training(config)
 distributed.check_fsdp_setting(fsdp, device, optimizer, onednn)
-if fsdp and hellaswag_interval:  # each rank scores its own share, but FSDP's forward needs every rank at once
-    report.fail("hellaswag_interval does not run under --fsdp=True yet; score the checkpoints with eval.py")
 # oneDNN's linear op is not tried on FSDP's sharded weights
 rt = runtime.setup_runtime(device, dtype, compile, backend, seed, False if fsdp else onednn)
 compile_scope = runtime.resolve_compile_scope(compile_scope, rt.compile, fsdp, rt.world_size)
-if gradient_accumulation_steps % rt.world_size:
-    report.fail(f"gradient_accumulation_steps ({gradient_accumulation_steps}) must be divisible by the "
-                f"number of {'FSDP' if fsdp else 'DDP'} processes ({rt.world_size}); change one of them")
+settings.check_world_size(gradient_accumulation_steps, rt.world_size, fsdp)
 gradient_accumulation_steps //= rt.world_size  # each rank does its share of the micro-steps
 ckpt_path = os.path.join(out_dir, checkpoints.CKPT_NAME)
 if rt.master:
-    checkpoints.ensure_writable(out_dir)
-    checkpoints.lock_out_dir(out_dir)  # a second run into this out_dir is refused until this one exits
+    out_dirs.ensure_writable(out_dir)
+    out_dirs.lock_out_dir(out_dir)  # a second run into this out_dir is refused until this one exits
 
+# -----------------------------------------------------------------------------
+# the data and the model: from scratch, resumed from out_dir, or another run's or GPT-2's weights
 data_dir = os.path.join('data', dataset)
 meta = data.check_dataset(data_dir, dataset)
-
-# model: from scratch, or resumed from a checkpoint in out_dir
 iter_num, best_val_loss, checkpoint = 0, float('inf'), None
 model_args = dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, bias=bias,
                   vocab_size=meta['vocab_size'] if meta else 50304, dropout=dropout,
                   **{k: config[k] for k in MODERN_DEFAULTS})
 if init_from == 'scratch':
-    try:
-        model = GPT(GPTConfig(**model_args))
-    except ValueError as e:
-        report.fail(str(e))
+    model = models.new_model(model_args)
 elif init_from == 'resume':
     resume_path = checkpoints.latest_checkpoint(out_dir)  # last.pt if a stopped run got further than ckpt.pt
     # under FSDP every rank reads the whole checkpoint: memory-mapped on the CPU, shared by the ranks
     checkpoint = checkpoints.load_checkpoint(resume_path, 'cpu' if fsdp else rt.device, mmap=fsdp)
-    model = checkpoints.model_from_checkpoint(checkpoint, resume_path, dropout=dropout)
-    checkpoints.check_overrides(model, config, explicit, out_dir=out_dir)
-    checkpoints.check_tokenizer(checkpoint, meta, data_dir)
+    model = models.model_from_checkpoint(checkpoint, resume_path, dropout=dropout)
+    models.check_overrides(model, config, explicit, out_dir=out_dir)
+    models.check_tokenizer(checkpoint, meta, data_dir)
     iter_num, best_val_loss = checkpoint['iter_num'], float(checkpoint['best_val_loss'])
     if (changed := checkpoints.changed_settings(checkpoint, config)) and rt.master:
         print(f"settings changed since the checkpoint: {', '.join(changed)}")
-elif checkpoints.is_run(init_from):  # another run's out_dir: its weights start a new run (finetuning)
-    model = checkpoints.run_model(init_from, meta, data_dir, dropout)
-    checkpoints.check_overrides(model, config, explicit, pretrained=init_from)
-elif checkpoints.is_pretrained(init_from):  # OpenAI's GPT-2 weights, or a Hugging Face GPT-2 folder
-    model = checkpoints.pretrained_model(init_from, dropout)
-    checkpoints.check_overrides(model, config, explicit, pretrained=init_from)
+elif models.is_run(init_from):  # another run's out_dir: its weights start a new run (finetuning)
+    model = models.run_model(init_from, meta, data_dir, dropout)
+    models.check_overrides(model, config, explicit, pretrained=init_from)
+elif models.is_pretrained(init_from):  # OpenAI's GPT-2 weights, or a Hugging Face GPT-2 folder
+    model = models.pretrained_model(init_from, dropout)
+    models.check_overrides(model, config, explicit, pretrained=init_from)
 else:
     report.fail(f"unknown init_from {init_from!r}; use 'scratch', 'resume', a run's out_dir, a GPT-2 name or "
                 f"a GPT-2 folder")
@@ -146,23 +135,22 @@ if init_from != 'scratch' and ('block_size' not in explicit or init_from == 'res
 if block_size > model.config.block_size:
     report.fail(f"block_size {block_size} is larger than the model's {model.config.block_size}")
 if meta is None and data.mask_paths(data_dir) and model.config.vocab_size < 50304:  # OpenAI's GPT-2, for chat
-    checkpoints.pad_vocab(model)
+    models.pad_vocab(model)
 if block_size < model.config.block_size:  # e.g. finetuning GPT-2 on shorter blocks
     model.crop_block_size(block_size)
-model_args = checkpoints.model_args_of(model.config)  # what the checkpoint's model really is
-config.update({k: getattr(model.config, k) for k in checkpoints.MODEL_SHAPE_KEYS})
+model_args = models.model_args_of(model.config)  # what the checkpoint's model really is
+config.update({k: getattr(model.config, k) for k in models.MODEL_SHAPE_KEYS})
 vocab_size = model.config.vocab_size
-if meta and meta['vocab_size'] != vocab_size:
-    report.fail(f"the model's vocabulary ({vocab_size} tokens) differs from {data_dir}/meta.pkl "
-                f"({meta['vocab_size']}); train on the dataset the checkpoint was made for")
+models.check_vocab_size(model, meta, data_dir)
 blocks = data.Blocks(data_dir, meta, block_size, vocab_size, batching)  # checks the files first
 hellaswag = evals.load_hellaswag(hellaswag_file, rt, meta, vocab_size) if hellaswag_interval else None
 tokens_per_iter = gradient_accumulation_steps * rt.world_size * batch_size * block_size
 if fsdp:  # block by block onto the device, sharded: no rank ever holds the whole model there
     distributed.shard(model, rt)
-# 'auto' keeps a resumed run's choice (an exact resume)
-runtime.place_model(model, rt, batch_size * block_size, onednn_choice=checkpoint and checkpoint.get('onednn'))
+runtime.place_model(model, rt)
 
+# -----------------------------------------------------------------------------
+# the optimizer, DDP and compile
 scaler = torch.amp.GradScaler(rt.device_type, enabled=rt.dtype == 'float16')  # no-op unless float16
 optimizer = optimizers.configure(model, optimizer, weight_decay, learning_rate, (beta1, beta2),
                                  rt.device_type, muon_learning_rate, muon_momentum, muon_weight_decay,
@@ -175,8 +163,8 @@ if rt.ddp and not fsdp:
 if rt.compile:
     model = runtime.compile_model(raw_model, model, compile_scope, say=rt.master)
 
-
-# data: rows of block_size tokens from the memory-mapped .bin files, at random starts (nanogpt/data.py)
+# -----------------------------------------------------------------------------
+# what the loop calls: batches, evaluation, checkpoints
 batch_generator = torch.Generator()
 
 
@@ -219,51 +207,39 @@ def runs_left(interval):
     return (max_iters - 1) // interval - iter_num // interval + 1
 
 
-def get_lr(it):
-    """Linear warmup to learning_rate, cosine decay to min_lr at lr_decay_iters, then min_lr."""
-    if not decay_lr:
-        return learning_rate
-    if it < warmup_iters:
-        return learning_rate * (it + 1) / (warmup_iters + 1)
-    if it >= lr_decay_iters:
-        return min_lr
-    progress = (it - warmup_iters) / (lr_decay_iters - warmup_iters)
-    return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (learning_rate - min_lr)
-
-
 def save(path):
     """Write a checkpoint (rank 0; every rank must call this, for the RNG states and FSDP's gathers).
-    A failed write (a full disk) sets write_failed on every rank, to stop them all together."""
-    global write_failed
+    Returns 'saved', 'not finite' (nothing written), or 'write failed' on every rank when rank 0's
+    write failed (a full disk), so that they all stop together."""
     if distributed.any_rank([not checkpoints.all_finite(raw_model)], rt)[0]:  # FSDP: each rank its shards
         if rt.master:
             print(f"not saving {path}: the model has non-finite weights")
-        return False
+        return 'not finite'
     model_state, optimizer_state = distributed.full_state_dicts(raw_model, optimizer) if fsdp else \
         (raw_model.state_dict(), optimizer.state_dict())
     checkpoint = {
         'model': model_state, 'optimizer': optimizer_state, 'model_args': model_args,
         'iter_num': iter_num, 'best_val_loss': best_val_loss, 'config': config,
         'scaler': scaler.state_dict(), 'meta': meta,
-        'rng': distributed.gather_from_ranks(checkpoints.rng_state(), rt),
+        'rng': distributed.gather_from_ranks(randomness.rng_state(), rt),
         # beyond the original's model_args, which must stay loadable by it
         'model_extra_args': {'gelu_approximate': raw_model.config.gelu_approximate},
-        'wandb_run_id': log.wandb_run_id, 'onednn': rt.onednn,
+        'wandb_run_id': log.wandb_run_id,
     }
     failed_here = rt.master and not checkpoints.save_checkpoint(checkpoint, path)
-    write_failed = distributed.any_rank([failed_here], rt)[0]
-    return not write_failed
+    return 'write failed' if distributed.any_rank([failed_here], rt)[0] else 'saved'
 
-
+# -----------------------------------------------------------------------------
+# what the run says and records
 n_params = raw_model.get_num_params()
-peak_flops = runtime.peak_flops(rt.device, rt.dtype)  # for MFU: a GPU's table, or the CPU's measured rate
+peak_flops = flops.peak_flops(rt.device, rt.dtype)  # for MFU: a GPU's table, or the CPU's measured rate
 run_info = dict(tokens_per_iter=tokens_per_iter, n_params=n_params, device=rt.device, dtype=rt.dtype,
                 world_size=rt.world_size, compile=rt.compile)
 wandb_init = dict(project=wandb_project, name=wandb_run_name, config={**config, **run_info})
 log = report.RunLog(out_dir, iter_num if init_from == 'resume' else None, rt.master,
                     checkpoint.get('wandb_run_id') if checkpoint else None, wandb_init if wandb_log else None)
 if checkpoint is not None and rt.rank < len(checkpoint.get('rng', [])):
-    checkpoints.set_rng_state(checkpoint['rng'][rt.rank])  # last: everything above may draw random numbers
+    randomness.set_rng_state(checkpoint['rng'][rt.rank])  # last: everything above may draw random numbers
 checkpoint = None  # free the memory
 
 stop = distributed.GracefulStop()  # from here on Ctrl-C / SIGTERM: finish the step, save, exit
@@ -295,10 +271,11 @@ start_iter, run_start = iter_num, time.time()
 ms_per_iter, mfu = None, None  # smoothed, for the ETA
 eval_seconds, hellaswag_seconds = 0.0, 0.0  # the last evaluations' durations
 loss_finite = torch.ones((), dtype=torch.bool, device=rt.device)  # every loss since the last check was finite
-stopped = diverged = write_failed = False
+stop_agreed = False  # a stop asked for on some rank, as the ranks agreed at the last check
+ended = None  # why the loop ended, set where it happens: 'finished', 'stopped', 'diverged' or 'write failed'
 t0, t0_iter, last_check = time.time(), iter_num, iter_num
 while True:
-    lr = get_lr(iter_num)
+    lr = optimizers.learning_rate_at(iter_num, learning_rate, min_lr, warmup_iters, lr_decay_iters, decay_lr)
     for group in optimizer.param_groups:
         group['lr'] = lr * group.get('lr_scale', 1.0)  # Muon's groups: their own peak, the same schedule
 
@@ -308,17 +285,22 @@ while True:
         if not math.isnan(losses['val']):  # NaN: cut short by a stop request
             improved = losses['val'] < best_val_loss
             best_val_loss = min(best_val_loss, losses['val'])
-            saved = iter_num > 0 and not eval_only and (improved or always_save_checkpoint) and \
-                save(ckpt_path)
+            written = None
+            if iter_num > 0 and not eval_only and (improved or always_save_checkpoint):
+                written = save(ckpt_path)
+            if written == 'write failed':
+                ended = 'write failed'
             train_loss, val_loss = losses['train'], losses['val']
-            outcome = f"saved {ckpt_path}" if saved else f"best {best_val_loss:.4f}, no checkpoint written"
+            outcome = f"saved {ckpt_path}" if written == 'saved' else \
+                f"best {best_val_loss:.4f}, no checkpoint written"
             log.event('eval', f"step {iter_num}: train loss {train_loss:.4f}, val loss {val_loss:.4f}, "
                               f"{outcome}",
                       iter=iter_num, train_loss=train_loss, val_loss=val_loss, best_val_loss=best_val_loss,
-                      lr=lr, saved=saved, wandb={'train/loss': train_loss, 'val/loss': val_loss, 'lr': lr})
+                      lr=lr, saved=written == 'saved',
+                      wandb={'train/loss': train_loss, 'val/loss': val_loss, 'lr': lr})
         eval_seconds = time.time() - t0
         t0, t0_iter = time.time(), iter_num  # evaluation time is not training time
-    if hellaswag and due(hellaswag_interval) and not write_failed:  # every rank scores its share
+    if hellaswag and due(hellaswag_interval) and not ended:  # every rank scores its share
         scores = evals.hellaswag(raw_model, hellaswag, rt, batch_size)
         log.event('hellaswag', f"step {iter_num}: hellaswag acc_norm {scores['acc_norm']:.4f}, "
                   f"acc {scores['acc']:.4f} ({scores['examples']:,} examples, {scores['seconds']:.1f} s)",
@@ -326,17 +308,23 @@ while True:
                   wandb={'hellaswag/acc': scores['acc'], 'hellaswag/acc_norm': scores['acc_norm']})
         hellaswag_seconds = scores['seconds']
         t0 += hellaswag_seconds  # not training time either
-    if eval_only or write_failed:
+    if ended:
         break
-    if not rt.ddp:  # one process can stop at any step; DDP ranks agree on it at the checks
-        stopped = stop.requested is not None
-    if stopped:  # between steps, so a stop always leaves a whole step behind
+    if eval_only:
+        ended = 'finished'
+        break
+    # one process can stop at any step; DDP ranks agree on it at the checks. Between steps, so that a
+    # stop always leaves a whole step behind
+    if stop.requested if not rt.ddp else stop_agreed:
         stop_path = ckpt_path if always_save_checkpoint else os.path.join(out_dir, checkpoints.LAST_NAME)
-        if save(stop_path) and rt.master:
+        written = save(stop_path)
+        if written == 'saved' and rt.master:
             print(f"stopped at iteration {iter_num}; saved {stop_path}. Resume with: "
                   f"python {' '.join(sys.argv)} --init_from=resume", flush=True)
+        ended = 'write failed' if written == 'write failed' else 'stopped'
         break
     if iter_num >= max_iters:
+        ended = 'finished'
         break
 
     # one optimizer step over gradient_accumulation_steps micro-batches
@@ -366,10 +354,11 @@ while True:
         continue
     # a check: the only point between evaluations where the host waits for the device
     stop_anywhere, diverged = distributed.any_rank([stop.requested is not None, ~loss_finite], rt)
-    stopped = stopped or stop_anywhere
+    stop_agreed = stop_agreed or stop_anywhere
     if diverged:  # every rank sees it at the same check, so all stop together
         if rt.master:
             report.say_diverged(last_check + 1, iter_num, checkpoints.describe(ckpt_path))
+        ended = 'diverged'
         break
     last_check = iter_num
     if logging and rt.master:
@@ -390,7 +379,9 @@ while True:
                   ms_per_iter=dt * 1000, tokens_per_s=tokens_per_iter / dt, mfu=mfu,
                   wandb={'loss': lossf, 'lr': lr, 'mfu': mfu, 'tokens_per_s': tokens_per_iter / dt})
 
-if not (stopped or diverged or write_failed):
+# -----------------------------------------------------------------------------
+# the end: a finished run's summary; every rank leaves the group; the exit status says why it ended
+if ended == 'finished':
     last_path = os.path.join(out_dir, checkpoints.LAST_NAME)
     if rt.master and not eval_only and os.path.exists(last_path):
         os.remove(last_path)  # the state of a stop this run has now gone past
@@ -401,10 +392,10 @@ if not (stopped or diverged or write_failed):
         took = report.format_duration(time.time() - run_start)
         log.event('done', f"done: {iter_num} iterations in {took}, "
                   f"best val loss {best_val_loss:.4f}, {iter_num * tokens_per_iter:,} tokens seen "
-                  f"({(iter_num - start_iter) * tokens_per_iter:,} in this run), {runtime.peak_memory(rt)}"
+                  f"({(iter_num - start_iter) * tokens_per_iter:,} in this run), {memory.peak_memory(rt)}"
                   + (f"\n{runtime.describe_compile()} ({compile_scope})" if rt.compile else ''),
                   iter=iter_num, best_val_loss=best_val_loss, seconds=time.time() - run_start,
-                  **runtime.peak_memory_gb(rt), **(runtime.compile_counts() if rt.compile else {}))
+                  **memory.peak_memory_gb(rt), **(runtime.compile_counts() if rt.compile else {}))
         if os.path.exists(ckpt_path):
             print(f"checkpoint: {checkpoints.describe(ckpt_path)}; sample from it: python sample.py "
                   f"--out_dir={out_dir}; plot the losses: python plot.py --out_dir={out_dir}")
@@ -415,4 +406,6 @@ if rt.ddp:
     model = loss = None
     gc.collect()
     distributed.leave_group(rt)
-sys.exit(1 if diverged or write_failed else stop.exit_code() if stop.requested or stopped else 0)
+# a run asked to stop during its final evaluation has finished, but exits as a stopped one does
+sys.exit({'finished': stop.exit_code() if stop.requested else 0, 'stopped': stop.exit_code(), 'diverged': 1,
+          'write failed': 1}[ended])

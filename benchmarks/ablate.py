@@ -2,8 +2,9 @@
 What each change of the modern recipe is worth on the laptop recipe (character Shakespeare, 4 layers,
 128 wide, context 64, batch 12, 2000 iterations): the classic model, each change alone, and all of
 them (config/modern.py), trained one after another in one run of this script on the same data and
-batches, each scored on the whole val set. ms/iter is the median of each run's logged iterations;
-the classic run goes first and last, so that a drift in the machine's speed shows.
+batches, each scored on the whole val set (eval.py: every 64-token block of val.bin once). ms/iter
+is the median of each run's logged iterations; the classic run goes first and last, so that a drift
+in the machine's speed shows.
 
 $ python benchmarks/ablate.py                         # every variant, 2000 iterations each (~15 min on 2 cores)
 $ python benchmarks/ablate.py --max_iters=300 --variants=classic,muon,modern
@@ -11,13 +12,12 @@ $ python benchmarks/ablate.py --max_iters=300 --variants=classic,muon,modern
 import json
 import os
 import statistics
-import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from nanogpt import report  # noqa: E402
 from configurator import configure  # noqa: E402
-from whole_val import whole_val_loss  # noqa: E402  (beside this script)
+from scripts import run_script, whole_val_loss  # noqa: E402  (benchmarks/scripts.py, beside this one)
 
 VARIANTS = {
     'classic': [],
@@ -36,17 +36,16 @@ VARIANTS = {
     'modern-ns3': ['config/modern.py', '--muon_ns_steps=3'],  # fewer Newton-Schulz iterations: cheaper steps
     'modern-800': ['config/modern.py', '--max_iters=800', '--lr_decay_iters=800'],  # its own schedule, 40% of the steps
 }
-variants = ','.join(VARIANTS)  # comma-separated names from the list above
+variants = ''  # comma-separated names from the list above; '' for all of them
 max_iters = 2000
 extra = ''  # more --key=value settings for every run, space-separated
 results_file = 'bench_results.jsonl'
 configure(globals())
 
 repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-data = os.path.join(repo, 'data', 'shakespeare_char')
-if not os.path.exists(os.path.join(data, 'train.bin')):
+if not os.path.exists(os.path.join(repo, 'data', 'shakespeare_char', 'train.bin')):
     report.fail("prepare the data first: python data/shakespeare_char/prepare.py")
-names = [name for name in variants.split(',') if name]
+names = [name for name in variants.split(',') if name] or list(VARIANTS)
 unknown = [name for name in names if name not in VARIANTS]
 if unknown:
     report.fail(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
@@ -56,16 +55,12 @@ if 'classic' in names:  # first and last
 rows = []
 for name in names:
     out_dir = os.path.join(repo, 'out-ablate', name)
-    cmd = [sys.executable, 'train.py', 'config/train_shakespeare_char_cpu.py', f'--out_dir={out_dir}',
-           f'--max_iters={max_iters}', f'--lr_decay_iters={max_iters}', '--log_interval=10', *VARIANTS[name]]
-    cmd += extra.split()
-    result = subprocess.run(cmd, cwd=repo, capture_output=True, text=True)
-    if result.returncode:
-        report.fail(f"{name} failed: {result.stderr.strip().splitlines()[-1]}")
+    run_script('train.py', 'config/train_shakespeare_char_cpu.py', f'--out_dir={out_dir}', f'--max_iters={max_iters}',
+               f'--lr_decay_iters={max_iters}', '--log_interval=10', *VARIANTS[name], *extra.split(), cwd=repo)
     events = report.read_metrics(out_dir)
     ms = statistics.median(e['ms_per_iter'] for e in report.steady_steps(events))
     row = {'bench': 'ablate', 'variant': name, 'settings': ' '.join(VARIANTS[name]), 'iters': events[-1]['iter'],
-           'whole_val_loss': whole_val_loss(out_dir, data), 'ms_per_iter': round(ms, 2),
+           'whole_val_loss': whole_val_loss(out_dir, 'shakespeare_char'), 'ms_per_iter': round(ms, 2),
            'best_val_loss_estimate': min(e['val_loss'] for e in events if e['event'] == 'eval')}
     rows.append(row)
     print(json.dumps(row), flush=True)

@@ -17,7 +17,7 @@ import tempfile
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
-from nanogpt import report, runtime  # noqa: E402
+from nanogpt import flops, report  # noqa: E402
 from configurator import configure  # noqa: E402
 from scripts import run_script  # noqa: E402  (benchmarks/scripts.py, beside this one)
 
@@ -36,7 +36,7 @@ with open(os.path.join(work, 'speeches.jsonl'), 'w', encoding='utf-8') as f:
 
 
 def run(script, *args):
-    return run_script(script, *args, cwd=work)
+    return run_script(script, *args, cwd=work).stdout
 
 
 print(run('data/prepare.py', f'--input={os.path.join(work, "speeches.jsonl")}', '--tokenizer=char',
@@ -55,7 +55,7 @@ for round_index in range(rounds):
         print(f"round {round_index}, {batching}: val loss {val_loss:.4f} (its own rows), val bits/byte {bpb:.4f}",
               flush=True)
 
-cpu = runtime.cpu_name()
+cpu = flops.cpu_name()
 print(f"\n{len(speeches):,} speeches, laptop recipe, {iters} iterations, median of {rounds} rounds; {cpu}")
 print("| batching | val loss (own rows) | val bits/byte (whole val.bin) |")
 print("| --- | ---: | ---: |")

@@ -25,6 +25,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from nanogpt import report  # noqa: E402
 from configurator import configure  # noqa: E402
+from scripts import command, run_script, start  # noqa: E402  (benchmarks/scripts.py, beside this one)
 
 sizes_gb = '0.01,1,8'  # train.bin sizes to compare, in GB
 rounds = 2  # alternating rounds over the sizes
@@ -33,7 +34,6 @@ docs = '20000,200000'  # prepare: dataset sizes in documents ('' skips this part
 results_file = 'bench_results.jsonl'
 configure(globals())
 
-repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 work = tempfile.mkdtemp(prefix='big_data_')
 tiny = ['--n_layer=2', '--n_head=2', '--n_embd=32', '--block_size=64', '--batch_size=12', '--device=cpu',
         '--gradient_accumulation_steps=1',
@@ -60,39 +60,40 @@ try:
         for size in sizes_gb.split(','):
             out_dir = os.path.join(work, 'out')
             shutil.rmtree(out_dir, ignore_errors=True)
-            log = subprocess.run([sys.executable, os.path.join(repo, 'train.py'), f'--dataset=size{size}',
-                                  f'--out_dir={out_dir}', *tiny],
-                                 cwd=work, capture_output=True, text=True, check=True).stdout
+            log = run_script('train.py', f'--dataset=size{size}', f'--out_dir={out_dir}', *tiny, cwd=work).stdout
             times = [e['ms_per_iter'] for e in report.steady_steps(report.read_metrics(out_dir))]
             record({'bench': 'big_data_train', 'train_bin_gb': float(size), 'round': round_index,
                     'median_ms_per_iter': round(statistics.median(times), 3),
                     'peak_rss_gb': float(re.search(r'peak memory ([\d.]+) GB', log).group(1))})
-    prepare = os.path.join(repo, 'data', 'openwebtext', 'prepare.py')
     for n_docs in filter(None, docs.split(',')):
         corpus = os.path.join(work, f'docs{n_docs}.jsonl')
         with open(corpus, 'w') as f:
             for i in range(int(n_docs)):
                 f.write(json.dumps({'text': f"Some words of a made-up document, number {i}, long enough. " * 20}) + '\n')
-        # the real script in a child of its own, which reports its own peak
-        script = (f"import resource, runpy, sys; sys.argv = [{prepare!r}, '--dataset=json', '--data_files={corpus}', "
-                  f"'--num_proc=1', '--out_dir={work}/prepared']; runpy.run_path({prepare!r}, run_name='__main__'); "
-                  f"print('peak_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
-        env = dict(os.environ, HF_HOME=os.path.join(work, 'hf'), HF_DATASETS_OFFLINE='1')
-        child = subprocess.Popen([sys.executable, '-c', script], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                 text=True, env=env)
-        peak_anon_kb = 0  # anonymous memory: what the kernel cannot reclaim, unlike memory-mapped file pages
-        while child.poll() is None:
-            try:
-                with open(f'/proc/{child.pid}/status') as f:
-                    anon = [int(line.split()[1]) for line in f if line.startswith('RssAnon:')]
-                peak_anon_kb = max([peak_anon_kb] + anon)
-            except OSError:
-                pass
-            time.sleep(0.02)
-        out = child.stdout.read()
+        errors = os.path.join(work, 'prepare.stderr')
+        with open(errors, 'w') as stderr:  # a file: datasets' progress bars would fill a pipe no one reads yet
+            child = start(command('data/openwebtext/prepare.py', '--dataset=json', f'--data_files={corpus}',
+                                  '--num_proc=1', f'--out_dir={work}/prepared'),
+                          env=dict(HF_HOME=os.path.join(work, 'hf'), HF_DATASETS_OFFLINE='1'),
+                          stdout=subprocess.DEVNULL, stderr=stderr)
+            peak_anon_kb = 0  # anonymous memory: what the kernel cannot reclaim, unlike memory-mapped file pages
+            # os.wait4 rather than child.poll(): it hands back the child's own resource usage, whose ru_maxrss
+            # is its peak resident memory
+            while not (ended := os.wait4(child.pid, os.WNOHANG))[0]:
+                try:
+                    with open(f'/proc/{child.pid}/status') as f:
+                        anon = [int(line.split()[1]) for line in f if line.startswith('RssAnon:')]
+                    peak_anon_kb = max([peak_anon_kb] + anon)
+                except OSError:
+                    pass
+                time.sleep(0.02)
+        _, status, usage = ended
+        child.returncode = os.waitstatus_to_exitcode(status)  # reaped by wait4: Popen must not wait for it again
+        if child.returncode != 0:
+            sys.exit(f"data/openwebtext/prepare.py failed:\n{open(errors).read()[-3000:]}")
         tokens = sum(os.path.getsize(os.path.join(work, 'prepared', f'{s}.bin')) // 2 for s in ('train', 'val'))
         record({'bench': 'big_data_prepare', 'documents': int(n_docs), 'tokens': tokens,
-                'peak_rss_gb': round(int(out.split('peak_kb')[-1]) / 2**20, 3),
+                'peak_rss_gb': round(usage.ru_maxrss / 2**20, 3),
                 'peak_anon_gb': round(peak_anon_kb / 2**20, 3)})
 finally:
     shutil.rmtree(work, ignore_errors=True)

@@ -18,14 +18,13 @@ import os
 import re
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from nanogpt import report  # noqa: E402
 from configurator import configure  # noqa: E402
-from whole_val import whole_val_loss  # noqa: E402  (beside this script)
+from scripts import run_script, whole_val_loss  # noqa: E402  (benchmarks/scripts.py, beside this one)
 
 original = ''  # path of the original nanoGPT checkout
 pairs = 3  # alternating runs of each
@@ -52,9 +51,8 @@ out_dir = os.path.join(repo, 'out-compare')
 
 def run_original():
     # the original README's CPU command
-    cmd = [sys.executable, 'train.py', 'config/train_shakespeare_char.py', '--device=cpu', '--compile=False',
-           f'--out_dir={out_dir}'] + recipe
-    log = subprocess.run(cmd, cwd=original, capture_output=True, text=True, check=True).stdout
+    log = run_script(os.path.join(os.path.abspath(original), 'train.py'), 'config/train_shakespeare_char.py',
+                     '--device=cpu', '--compile=False', f'--out_dir={out_dir}', *recipe, cwd=original).stdout
     times = {int(i): float(ms) for i, ms in re.findall(r'iter (\d+): loss [\d.]+, time ([\d.]+)ms', log)}
     vals = [float(v) for v in re.findall(r'val loss ([\d.]+)', log)]
     # its iteration i follows the evaluation at i (logged with it), so leave those out
@@ -62,9 +60,8 @@ def run_original():
 
 
 def run_ours():
-    cmd = [sys.executable, 'train.py', 'config/train_shakespeare_char_cpu.py', f'--out_dir={out_dir}',
-           f'--compile={ours_compile}'] + recipe
-    subprocess.run(cmd, cwd=repo, capture_output=True, text=True, check=True)
+    run_script('train.py', 'config/train_shakespeare_char_cpu.py', f'--out_dir={out_dir}', f'--compile={ours_compile}',
+               *recipe, cwd=repo)
     events = report.read_metrics(out_dir)
     times = [e['ms_per_iter'] for e in report.steady_steps(events)]  # ours already leaves evaluation out
     return times, min(e['val_loss'] for e in events if e['event'] == 'eval')
@@ -80,7 +77,7 @@ for pair in range(pairs):
         medians[name], wall = statistics.median(times), time.time() - start
         record = {'bench': 'compare_original', 'run': name, 'pair': pair, 'max_iters': max_iters,
                   'median_ms_per_iter': round(medians[name], 2), 'best_val_loss': round(best_val, 4),
-                  'whole_val_loss': whole_val_loss(out_dir, data),
+                  'whole_val_loss': whole_val_loss(out_dir, 'shakespeare_char'),
                   'wall_s': round(wall, 1), 'compile': ours_compile if name == 'ours' else False,
                   'extra': extra}
         print(json.dumps(record), flush=True)

@@ -15,15 +15,15 @@ the log lines after iteration 20, and Dynamo's counts from the run's last line. 
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
-from nanogpt import report, runtime  # noqa: E402
+from nanogpt import flops, report  # noqa: E402
 from configurator import configure  # noqa: E402
+from scripts import run_script  # noqa: E402  (benchmarks/scripts.py, beside this one)
 
 nproc = '1,2'  # process counts to try: 1 is plain python, more run under torchrun
 rounds = 2
@@ -41,18 +41,13 @@ for round_index in range(rounds):
     for processes in map(int, str(nproc).split(',')):
         for case, args in CASES:
             out_dir = os.path.join(work, f'{processes}-{case}')
-            launcher = [sys.executable] + (['-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={processes}']
-                                           if processes > 1 else [])
-            command = [*launcher, os.path.join(REPO, 'train.py'), os.path.join(REPO, 'config', 'train_shakespeare_char_cpu.py'),
-                       f'--out_dir={out_dir}', f'--device={device}', f'--dtype={dtype}', f'--max_iters={iters}',
-                       '--log_interval=1', '--eval_interval=100000', f'--gradient_accumulation_steps={processes}',
-                       *args]
-            env = dict(os.environ, TORCHINDUCTOR_FORCE_DISABLE_CACHES='1', PYTHONUNBUFFERED='1',
-                       OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // processes)))
             start = time.time()
-            result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO)
-            if result.returncode != 0:
-                sys.exit(f"{case} with {processes} process(es) failed:\n{result.stderr[-3000:]}")
+            result = run_script('train.py', 'config/train_shakespeare_char_cpu.py', f'--out_dir={out_dir}',
+                                f'--device={device}', f'--dtype={dtype}', f'--max_iters={iters}', '--log_interval=1',
+                                '--eval_interval=100000', f'--gradient_accumulation_steps={processes}', *args,
+                                cwd=REPO, nproc=processes if processes > 1 else None,
+                                env=dict(TORCHINDUCTOR_FORCE_DISABLE_CACHES='1',
+                                         OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // processes))))
             events = report.read_metrics(out_dir)
             first = next(e for e in events if e['event'] == 'train')
             steady = statistics.median(e['ms_per_iter'] for e in report.steady_steps(events))
@@ -61,7 +56,7 @@ for round_index in range(rounds):
             print(f"round {round_index + 1}: {processes} process(es), {case}: first step after "
                   f"{first['time'] - start:.1f} s, {steady:.2f} ms/iter {counts}", flush=True)
 
-cpu = runtime.cpu_name() if device == 'cpu' else device
+cpu = flops.cpu_name() if device == 'cpu' else device
 print(f"\n{cpu}, {os.cpu_count()} cores; {iters} iterations of the laptop recipe, {rounds} rounds, medians\n")
 print("| processes | compile | first step after (s) | ms/iter | Dynamo |\n| --- | --- | --- | --- | --- |")
 with open(results_file, 'a') as f:

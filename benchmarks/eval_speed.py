@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 
@@ -23,6 +22,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configurator import configure  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
+from scripts import run_script  # noqa: E402  (benchmarks/scripts.py, beside this one)
 
 examples = 48  # HellaSwag-format examples to score per run
 batch_sizes = '1,4,8,16'  # eval.py --batch_size values to compare
@@ -33,7 +33,6 @@ n_layer, n_head, n_embd, block_size = 12, 12, 768, 1024  # GPT-2 124M
 results_file = 'bench_results.jsonl'
 configure(globals())
 
-repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 work = tempfile.mkdtemp(prefix='eval_speed_')
 rng = np.random.default_rng(0)
 words = ("the man woman child dog ball is are was takes puts walks runs holds shows then and with a on in to of "
@@ -52,8 +51,8 @@ try:
                                 "ctx": f"{ctx_a} {ctx_b}", "split": "val", "split_type": "indomain",
                                 "label": int(rng.integers(4)), "endings": [sentence(5, 40) for _ in range(4)],
                                 "source_id": f"synthetic~{i}"}) + '\n')
-    from nanogpt import data
-    enc = data.gpt2_encoding()
+    from nanogpt import tokens
+    enc = tokens.gpt2_encoding()
     with open(os.path.join(work, 'hellaswag.jsonl')) as f:
         rows = [len(enc.encode_ordinary(e['ctx'])) + len(enc.encode_ordinary(' ' + end))
                 for e in map(json.loads, f) for end in e['endings']]
@@ -69,12 +68,9 @@ try:
     for round_index in range(rounds):
         for batch in batch_sizes.split(','):
             out = os.path.join(work, 'results.jsonl')
-            result = subprocess.run([sys.executable, os.path.join(repo, 'eval.py'), f'--out_dir={work}',
-                                     f'--hellaswag_file={work}/hellaswag.jsonl', f'--batch_size={batch}',
-                                     f'--device={device}', f'--dtype={dtype}', f'--results_file={out}'],
-                                    capture_output=True, text=True, cwd=work)
-            if result.returncode:
-                sys.exit(f"eval.py failed:\n{result.stderr[-2000:]}")
+            result = run_script('eval.py', f'--out_dir={work}', f'--hellaswag_file={work}/hellaswag.jsonl',
+                                f'--batch_size={batch}', f'--device={device}', f'--dtype={dtype}',
+                                f'--results_file={out}', cwd=work)
             with open(out) as f:
                 line = [json.loads(l) for l in f][-1]
             os.remove(out)

@@ -30,7 +30,6 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 
@@ -38,9 +37,10 @@ import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
-from nanogpt import distributed, report, runtime  # noqa: E402
+from nanogpt import distributed, flops, memory, report, runtime  # noqa: E402
 from configurator import configure  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
+from scripts import run_script  # noqa: E402  (benchmarks/scripts.py, beside this one)
 
 measure = 'memory'  # 'memory' (bytes per rank, counted) or 'speed' (train.py's tokens/s)
 nproc = ''  # torchrun process counts, comma-separated; '': 1,2,4 for memory, 1 for speed
@@ -70,7 +70,7 @@ if shape not in SHAPES:
     report.fail(f"shape must be one of {', '.join(SHAPES)}, not {shape!r}")
 process_counts = [int(n) for n in (nproc or ('1,2,4' if measure == 'memory' else '1')).split(',')]
 device = device or ('cpu' if measure == 'memory' else 'cuda')
-cpu = runtime.cpu_name()
+cpu = flops.cpu_name()
 
 
 def tensor_bytes(tensors):
@@ -98,7 +98,7 @@ if worker:  # a torchrun worker of --measure=memory
         'shape': shape, 'params_bytes': tensor_bytes(params), 'grads_bytes': tensor_bytes(p.grad for p in params),
         'optimizer_bytes': tensor_bytes(v for state in optimizer.state.values() for v in state.values()
                                         if isinstance(v, torch.Tensor)),
-        **runtime.peak_memory_gb(rt)}
+        **memory.peak_memory_gb(rt)}
     rows = distributed.gather_from_ranks(row, rt)  # rank 0 prints them all: lines from several processes would mix
     if rt.master:
         print('\n'.join(map(json.dumps, rows)), flush=True)
@@ -110,10 +110,6 @@ if worker:  # a torchrun worker of --measure=memory
     sys.exit(0)
 
 
-def torchrun(n):
-    return [sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={n}']
-
-
 if measure == 'memory':
     print(f"{shape} shape ({SHAPES[shape][0]} layers, {SHAPES[shape][2]} wide, vocabulary 50304); {device}: {cpu}")
     print("| processes | mode | parameters MiB | gradients MiB | AdamW state MiB | total MiB per rank | vs the first |")
@@ -121,10 +117,9 @@ if measure == 'memory':
     alone = {}
     for n in process_counts:
         for mode in modes.split(','):
-            result = subprocess.run([*torchrun(n), os.path.abspath(__file__), f'--worker={mode}', f'--device={device}',
-                                     f'--shape={shape}', f'--batch_size_memory={batch_size_memory}',
-                                     f'--tokens={tokens}'],
-                                    capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS='1'))
+            result = run_script('benchmarks/fsdp.py', f'--worker={mode}', f'--device={device}', f'--shape={shape}',
+                                f'--batch_size_memory={batch_size_memory}', f'--tokens={tokens}', nproc=n,
+                                env=dict(OMP_NUM_THREADS='1'), check=False)
             rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith('{')]
             if result.returncode != 0 or len(rows) != n:
                 sys.exit(f"{mode} with {n} processes failed:\n{result.stderr[-3000:]}")
@@ -149,13 +144,13 @@ for split in ('train', 'val'):
 def train(mode, n, shape_name, n_iters, batch):
     n_layer, n_head, n_embd, block = SHAPES[shape_name]
     out_dir = os.path.join(work, f'out-{mode}')
-    command = [*torchrun(n), os.path.join(REPO, 'train.py'),
-               '--dataset=random', f'--out_dir={out_dir}', f'--n_layer={n_layer}', f'--n_head={n_head}',
-               f'--n_embd={n_embd}', f'--block_size={block}', f'--batch_size={batch}',
-               f'--gradient_accumulation_steps={gradient_accumulation_steps or 2 * n}', f'--max_iters={n_iters}',
-               '--eval_iters=1', '--eval_interval=100000', '--log_interval=5', '--learning_rate=0', '--decay_lr=False',
-               f'--device={device}', f'--dtype={dtype}', f'--compile={compile}', f'--fsdp={mode == "fsdp"}']
-    result = subprocess.run(command, cwd=work, capture_output=True, text=True)
+    # a shape too large for the device fails: that is a result, recorded, not the benchmark's end
+    result = run_script('train.py', '--dataset=random', f'--out_dir={out_dir}', f'--n_layer={n_layer}',
+                        f'--n_head={n_head}', f'--n_embd={n_embd}', f'--block_size={block}', f'--batch_size={batch}',
+                        f'--gradient_accumulation_steps={gradient_accumulation_steps or 2 * n}',
+                        f'--max_iters={n_iters}', '--eval_iters=1', '--eval_interval=100000', '--log_interval=5',
+                        '--learning_rate=0', '--decay_lr=False', f'--device={device}', f'--dtype={dtype}',
+                        f'--compile={compile}', f'--fsdp={mode == "fsdp"}', cwd=work, nproc=n, check=False)
     events = report.read_metrics(out_dir) if os.path.exists(os.path.join(out_dir, 'metrics.jsonl')) else []
     steps = [e['tokens_per_s'] for e in events if e['event'] == 'train'][1:]
     done = next((e for e in events if e['event'] == 'done'), {})

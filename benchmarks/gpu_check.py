@@ -14,7 +14,7 @@ writable report_dir) and stops within seconds with one line if something is miss
 network. report_dir gets three files to bring back: table.md (rewritten after every step, so a
 check cut short still leaves its rows), results.jsonl, and log.txt (every command with its whole
 output). Runs and checkpoints go to out_root. The whole check stops, failing, when budget_s runs
-out, so one 10-minute command always returns its report; benchmarks/README.md (GPU runbook) has the
+out, so one 10-minute command always returns its report; benchmarks/gpu_runbook.md has the
 expected time of each step on an H200.
 """
 import json
@@ -33,8 +33,9 @@ import torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
-from nanogpt import checkpoints, data, report, runtime  # noqa: E402
+from nanogpt import data, flops, out_dirs, report  # noqa: E402
 from configurator import configure  # noqa: E402
+from benchmarks import scripts  # noqa: E402  (by its package: the tests run this file through runpy too)
 
 device = 'cuda'
 tiny = False  # tiny shapes and few iterations, so the check itself runs in the test suite on a CPU
@@ -50,7 +51,6 @@ min_free_gb = 16.0  # free GPU memory the check needs: the GPT-2 shape's step (b
 configure(globals())
 
 on_gpu = device.startswith('cuda')
-python = sys.executable  # every step's interpreter, the torchrun step's too
 started = time.time()
 data_dir = os.path.join('data', dataset)
 
@@ -81,9 +81,9 @@ def check_environment():
     else:
         if not any(shutil.which(cc) for cc in ('g++', 'c++', 'clang++')):
             report.fail("torch.compile on a CPU needs a C++ compiler (g++); install one or run with --tiny=False")
-        where = f"{runtime.cpu_name()}, {os.cpu_count()} cores"
-    checkpoints.ensure_writable(report_dir, 'report_dir')
-    checkpoints.ensure_writable(out_root, 'out_root')
+        where = f"{flops.cpu_name()}, {os.cpu_count()} cores"
+    out_dirs.ensure_writable(report_dir, 'report_dir')
+    out_dirs.ensure_writable(out_root, 'out_root')
     free_disk = shutil.disk_usage(out_root).free / 2**30
     if free_disk < 2:
         report.fail(f"{out_root} has {free_disk:.1f} GiB of disk free; the runs' checkpoints need 2")
@@ -146,8 +146,7 @@ def launch(name, command):
     print(f"\n== {name}: {' '.join(command)}", flush=True)
     log.write(f"\n== {name}: {' '.join(command)}\n")
     log.flush()
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True, env=dict(os.environ, PYTHONUNBUFFERED='1'))
+    proc = scripts.start(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     proc.out_of_time = threading.Event()
 
     def out_of_time():
@@ -194,9 +193,10 @@ def record_training(name, out_dir, seconds, after_iter=0, note=''):
 
 
 def train(name, *args, out_dir=None, wrapper=(), after_iter=0):
+    """train.py with the recipe and args, or the wrapper script (count_syncs.py) running it."""
     out_dir = os.path.join(out_root, out_dir or name)
-    output, seconds = run(name, [python, *wrapper, os.path.join(REPO, 'train.py'), *recipe, f'--out_dir={out_dir}',
-                                 *args])
+    output, seconds = run(name, scripts.command(*wrapper, os.path.join(REPO, 'train.py'), *recipe,
+                                                f'--out_dir={out_dir}', *args))
     notes = [line for line in output.splitlines() if line.startswith(('host syncs:', 'compile:'))]
     record_training(name, out_dir, seconds, after_iter, note='; '.join(notes))
 
@@ -231,9 +231,8 @@ if quick:
 
     # 3. torchrun with one process (nccl on a GPU): SIGTERM mid-run saves, and the run resumes to the end
     torchrun_dir = os.path.join(out_root, 'torchrun')
-    torchrun = [python, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=1',
-                os.path.join(REPO, 'train.py'), *recipe, f'--out_dir={torchrun_dir}', '--dtype=bfloat16',
-                '--compile=False', '--eval_interval=100000', '--always_save_checkpoint=False']
+    torchrun = scripts.command('train.py', *recipe, f'--out_dir={torchrun_dir}', '--dtype=bfloat16', '--compile=False',
+                               '--eval_interval=100000', '--always_save_checkpoint=False', nproc=1)
     start = time.time()
     output, stopped_at = stop_at('torchrun, SIGTERM', torchrun + ['--max_iters=100000'],
                                  lambda line: line.startswith('iter ') and int(line.split()[1].split('/')[0]) >= 20,
@@ -246,16 +245,16 @@ if quick:
     # 4. sampling from the bfloat16 run: without the KV cache, with it, and with its one-token step compiled
     for case, args in (('sample no cache', ['--kv_cache=False']), ('sample kv_cache', ['--kv_cache=True']),
                        ('sample kv_cache compiled', ['--kv_cache=True', '--compile=True'])):
-        _, seconds = run(case, [python, os.path.join(REPO, 'sample.py'), f"--out_dir={os.path.join(out_root, 'bf16-compile')}",
-                                f'--device={device}', '--num_samples=4', '--max_new_tokens=200', *args])
+        _, seconds = run(case, scripts.command('sample.py', f"--out_dir={os.path.join(out_root, 'bf16-compile')}",
+                                               f'--device={device}', '--num_samples=4', '--max_new_tokens=200', *args))
         add_row(case=case, seconds=round(seconds, 1))
 
     # 5. bench.py: the GPT-2 124M training step (bfloat16, compile) and generation
     bench_file = os.path.join(out_root, 'bench.jsonl')
     short = ['--bench_iters=3', '--warmup_iters=1', '--max_new_tokens=20', '--repeats=1'] if tiny else []
     for mode, args in (('train', ['--dtype=bfloat16', '--compile=True']), ('generate', ['--dtype=bfloat16'])):
-        _, seconds = run(f'bench {mode}', [python, os.path.join(REPO, 'bench.py'), *gpt2, f'--device={device}',
-                                           f'--mode={mode}', f'--results_file={bench_file}', *args, *short])
+        _, seconds = run(f'bench {mode}', scripts.command('bench.py', *gpt2, f'--device={device}', f'--mode={mode}',
+                                                          f'--results_file={bench_file}', *args, *short))
         with open(bench_file) as f:
             record = [json.loads(line) for line in f][-1]
         if mode == 'train':
@@ -284,8 +283,8 @@ if full:
         # on a CPU the classic recipe's graphs are step 1's, compiled already: only the modern one's are new
         compiled = [] if tiny and not modern else ['--compile=True']
         start = time.time()
-        output, stopped_at = stop_at(name, [python, os.path.join(REPO, 'train.py'), *configs, f'--dataset={dataset}',
-                                            f'--device={device}', *compiled, f'--out_dir={out_dir}', *small],
+        output, stopped_at = stop_at(name, scripts.command('train.py', *configs, f'--dataset={dataset}',
+                                                           f'--device={device}', *compiled, f'--out_dir={out_dir}', *small),
                                      lambda line: reaches_target(line) or time.time() > share_ends)
         events = [e for e in report.read_metrics(out_dir) if e['event'] == 'eval']
         hit = [e for e in events if e['val_loss'] <= target_loss]

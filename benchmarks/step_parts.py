@@ -19,7 +19,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
-from nanogpt import optimizers, runtime  # noqa: E402
+from nanogpt import flops, optimizers, runtime  # noqa: E402
 from configurator import configure  # noqa: E402
 from model import GPT, MODERN_DEFAULTS, GPTConfig  # noqa: E402
 
@@ -38,7 +38,7 @@ modern = {name: overlay[name] for name in MODERN_DEFAULTS if name in overlay}
 recipes = {}
 for name, choices, optimizer_name in (('classic', {}, 'adamw'), ('modern', modern, overlay['optimizer'])):
     torch.manual_seed(0)
-    model = runtime.place_model(GPT(GPTConfig(**shape, **choices)), rt, rows=batch_size * block_size)
+    model = runtime.place_model(GPT(GPTConfig(**shape, **choices)), rt)
     recipes[name] = (model, optimizers.configure(model, optimizer_name, 0.1, 1e-3, (0.9, 0.99), 'cpu',
                                                  overlay['muon_learning_rate'], muon_ns_steps=muon_ns_steps))
 x, y = (torch.randint(vocab_size, (batch_size, block_size)) for _ in range(2))
@@ -60,17 +60,20 @@ for round_index in range(rounds + 5):
         optimizer.zero_grad(set_to_none=True)
         if round_index >= 5:
             for part, start, end in zip(parts, marks, marks[1:]):
-                times[name][part].append((end - start) * 1000)
+                if part != 'Muon' or muon is not None:
+                    times[name][part].append((end - start) * 1000)
             times[name]['step'].append((marks[-1] - marks[0]) * 1000)
-medians = {name: {part: statistics.median(values) for part, values in by_part.items()} for name, by_part in times.items()}
-print(f"{runtime.cpu_name()}, {torch.get_num_threads()} threads{runtime.describe_linears(rt)}; {n_layer} layers, "
+# a part a recipe does not have (the classic step's Muon) has no times, and no median
+medians = {name: {part: statistics.median(values) for part, values in by_part.items() if values}
+           for name, by_part in times.items()}
+print(f"{flops.cpu_name()}, {torch.get_num_threads()} threads{runtime.describe_linears(rt)}; {n_layer} layers, "
       f"{n_embd} wide, batch {batch_size} x {block_size}, Muon with {muon_ns_steps} Newton-Schulz iterations")
 print("| part | classic ms | modern ms | modern / classic |\n| --- | --- | --- | --- |")
 for part in parts:
-    classic, new = medians['classic'][part], medians['modern'][part]
-    print(f"| {part} | {classic:.2f} | {new:.2f} | {new / classic:.2f}x |" if classic > 0.005 else
+    classic, new = medians['classic'].get(part), medians['modern'][part]
+    print(f"| {part} | {classic:.2f} | {new:.2f} | {new / classic:.2f}x |" if classic is not None else
           f"| {part} | - | {new:.2f} | |")
 with open(results_file, 'a') as f:
-    f.write(json.dumps({'bench': 'step_parts', 'cpu': runtime.cpu_name(), 'threads': torch.get_num_threads(),
+    f.write(json.dumps({'bench': 'step_parts', 'cpu': flops.cpu_name(), 'threads': torch.get_num_threads(),
                         'onednn': rt.onednn, 'shape': shape, 'batch_size': batch_size, 'muon_ns_steps': muon_ns_steps,
                         'rounds': rounds, 'medians_ms': medians}) + '\n')

@@ -23,7 +23,7 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
-from nanogpt import report, runtime  # noqa: E402
+from nanogpt import flops, report  # noqa: E402
 from configurator import configure  # noqa: E402
 from scripts import run_script  # noqa: E402  (benchmarks/scripts.py, beside this one)
 
@@ -44,7 +44,7 @@ CASES = [('char', ['--tokenizer=char']), ('gpt2', ['--tokenizer=gpt2'])] + \
 
 
 def run(script, *args):
-    return run_script(script, *args, cwd=work)
+    return run_script(script, *args, cwd=work).stdout
 
 
 train_bytes = None
@@ -85,7 +85,7 @@ for row in rows:
     row['val_loss'], row['val_bpb'] = (next(r['value'] for r in reversed(results) if r['metric'] == metric)
                                        for metric in ('loss', 'bpb'))
 
-cpu = runtime.cpu_name()
+cpu = flops.cpu_name()
 print(f"tiny Shakespeare ({train_bytes / 1e6:.2f} MB of train text), the laptop recipe's model, {seconds:.0f} s "
       f"of training each; {cpu}")
 print("| tokenizer | bytes/token | tokenizer training | MB/s | ms/iter | iterations | val loss/token | val bits/byte |")

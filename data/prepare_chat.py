@@ -13,10 +13,7 @@ $ python train.py config/finetune_chat.py --init_from=out-mine --dataset=chat-mi
 meta.pkl) or its out_dir (the checkpoint's tokenizer). Validation holds whole conversations.
 """
 import os
-import random
 import sys
-
-import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from nanogpt import chat, corpus, data  # noqa: E402  (the repo root is on the path only from the line above)
@@ -36,35 +33,12 @@ if learn not in ('assistant', 'all'):
     fail(f"learn must be 'assistant' or 'all', not {learn!r}")
 if not 0 < val_fraction < 1:
     fail(f"val_fraction must be between 0 and 1, not {val_fraction}")
-if input.startswith('hf:'):
-    conversations = [chat.check_conversation(r, f"{input[3:]} record {i}")
-                     for i, r in enumerate(corpus.hf_records(input[3:], hf_split), 1)]
-elif input and os.path.isfile(input):
-    conversations = chat.read_conversations(input)
-else:
-    fail(f"input {input!r} is not a file; give --input=conversations.jsonl or hf:NAME")
+conversations = chat.read_input(input, hf_split)
 if len(conversations) < 2:
     fail(f"{input} holds {len(conversations)} conversation; validation needs one more")
 meta, vocab_size = chat.tokenizer_of(tokenizer)
 tok = chat.ChatTokenizer(meta, vocab_size)
 out_dir = out_dir or os.path.join('data', corpus.input_name(input) + '-chat')
 
-order = list(range(len(conversations)))
-random.Random(seed).shuffle(order)
-n_val = max(1, round(len(conversations) * val_fraction))
-splits = {'val': sorted(order[:n_val]), 'train': sorted(order[n_val:])}
-dtype = data.token_dtype(meta)
-os.makedirs(out_dir, exist_ok=True)
-for split, indices in splits.items():
-    rendered = [chat.render(conversations[i], tok) for i in indices]
-    ids = np.array([i for r in rendered for i in r[0]], dtype=dtype)
-    mask = np.array([m for r in rendered for m in r[1]], dtype=np.uint8)
-    mask = mask if learn == 'assistant' else np.ones_like(mask)
-    ids.tofile(os.path.join(out_dir, f'{split}.bin'))
-    mask.tofile(os.path.join(out_dir, f'{split}_mask.bin'))
-    print(f"{split}: {len(indices):,} conversations, {len(ids):,} tokens, {int(mask.sum()):,} of them the assistant's")
-if meta is not None:
-    data.write_meta(out_dir, meta)
-elif os.path.exists(os.path.join(out_dir, 'meta.pkl')):
-    os.remove(os.path.join(out_dir, 'meta.pkl'))  # GPT-2 BPE has none
+chat.write_dataset(conversations, tok, meta, out_dir, learn, val_fraction, seed)
 print(f"finetune with: python train.py config/finetune_chat.py --dataset={data.dataset_setting(out_dir)} ...")

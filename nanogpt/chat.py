@@ -1,5 +1,6 @@
 """
-Conversations as tokens, for chat finetuning (data/prepare_chat.py, train.py) and chat.py.
+Conversations as tokens, for chat finetuning (data/prepare_chat.py, train.py), and a model's
+replies for sample.py --chat.
 
 A conversation is a list of messages {'role': 'system'|'user'|'assistant', 'content': text}. It
 is rendered with special tokens: each message is its role's token, its content's tokens and
@@ -9,12 +10,16 @@ prompt supplies). With GPT-2's BPE the chat tokens take ids 50257-50260 of the p
 (50304 rows, trained from scratch); a BPE of ours (data/prepare.py) has them as special tokens.
 """
 import os
+import random
+import sys
 
-from nanogpt import corpus, data
-from nanogpt.report import fail
+import numpy as np
+
+from nanogpt import corpus, data, tokens
+from nanogpt.report import TextStream, fail
 
 ROLES = ('system', 'user', 'assistant')
-SPECIAL, EOT, GPT2_CHAT_IDS = data.CHAT_TOKENS, data.EOT_TOKEN, data.GPT2_CHAT_IDS
+SPECIAL, EOT, GPT2_CHAT_IDS = tokens.CHAT_TOKENS, tokens.EOT_TOKEN, tokens.GPT2_CHAT_IDS
 
 
 class ChatTokenizer:
@@ -22,19 +27,19 @@ class ChatTokenizer:
     ids[name] for 'system', 'user', 'assistant', 'end' and 'eot'."""
 
     def __init__(self, meta, vocab_size):
-        name = data.tokenizer_name(meta)
+        name = tokens.tokenizer_name(meta)
         if name == 'gpt2':
             if vocab_size <= max(GPT2_CHAT_IDS.values()):
                 fail(f"chat needs GPT-2's padded vocabulary (50304 tokens) for its chat tokens; this model has "
                      f"{vocab_size}: train from scratch, or from a model with the padded vocabulary")
-            enc = data.gpt2_encoding()
-            self.ids = {**GPT2_CHAT_IDS, 'eot': data.GPT2_EOT}
+            enc = tokens.gpt2_encoding()
+            self.ids = {**GPT2_CHAT_IDS, 'eot': tokens.GPT2_EOT}
             self._encode = enc.encode_ordinary  # special strings in content stay text
             names = {i: SPECIAL[n] for n, i in GPT2_CHAT_IDS.items()}
             self._decode = lambda ids: ''.join(names[i] if i in names else enc.decode([i]) for i in ids) \
                 if any(i in names for i in ids) else enc.decode(ids)
         elif name == 'bpe':
-            bpe = data.bpe_tokenizer(meta)
+            bpe = tokens.bpe_tokenizer(meta)
             self.ids = {n: bpe.token_to_id(token) for n, token in {**SPECIAL, 'eot': EOT}.items()}
             if None in self.ids.values():
                 fail("this model's BPE has no chat tokens (<|user|>, <|assistant|>, ...): prepare its pretraining "
@@ -106,6 +111,41 @@ def read_conversations(path):
     return conversations
 
 
+def read_input(input, hf_split='train'):
+    """The conversations of data/prepare_chat.py's --input: a JSON lines file, or hf:NAME, the
+    hf_split of a Hugging Face dataset with a "messages" column; checked."""
+    if input.startswith('hf:'):
+        return [check_conversation(record, f"{input[3:]} record {number}")
+                for number, record in enumerate(corpus.hf_records(input[3:], hf_split), 1)]
+    if input and os.path.isfile(input):
+        return read_conversations(input)
+    fail(f"input {input!r} is not a file; give --input=conversations.jsonl or hf:NAME")
+
+
+def write_dataset(conversations, tok, meta, out_dir, learn='assistant', val_fraction=0.1, seed=2357):
+    """train.bin / val.bin and their masks in out_dir, and the tokenizer's meta.pkl (GPT-2 BPE has
+    none): the conversations rendered, a seeded val_fraction of them (one at least) held out whole.
+    learn='all' masks every token in, for comparison."""
+    order = list(range(len(conversations)))
+    random.Random(seed).shuffle(order)
+    n_val = max(1, round(len(conversations) * val_fraction))
+    splits = {'val': sorted(order[:n_val]), 'train': sorted(order[n_val:])}
+    dtype = data.token_dtype(meta)
+    os.makedirs(out_dir, exist_ok=True)
+    for split, indices in splits.items():
+        rendered = [render(conversations[i], tok) for i in indices]
+        ids = np.array([i for r in rendered for i in r[0]], dtype=dtype)
+        mask = np.array([m for r in rendered for m in r[1]], dtype=np.uint8)
+        mask = mask if learn == 'assistant' else np.ones_like(mask)
+        ids.tofile(os.path.join(out_dir, f'{split}.bin'))
+        mask.tofile(os.path.join(out_dir, f'{split}_mask.bin'))
+        print(f"{split}: {len(indices):,} conversations, {len(ids):,} tokens, {int(mask.sum()):,} of them the assistant's")
+    if meta is not None:
+        data.write_meta(out_dir, meta)
+    elif os.path.exists(os.path.join(out_dir, 'meta.pkl')):
+        os.remove(os.path.join(out_dir, 'meta.pkl'))  # GPT-2 BPE has none
+
+
 def render(messages, tok, end_conversation=True):
     """(ids, mask): the conversation's tokens, and 1 where the model is to learn the token."""
     ids, mask = [], []
@@ -152,3 +192,26 @@ def prompt(messages, tok, context):
         fail(f"the system message and the last message do not fit in the model's context ({context} tokens); "
              f"shorten them")
     return ids, len(turns) - kept
+
+
+def reply(model, tok, messages, max_new_tokens, runtime, **sampling):
+    """The assistant's next message (model.generate's sampling settings), printed as it is written,
+    until <|end|> or max_new_tokens. The history leaves the reply min(max_new_tokens, block_size // 2)
+    tokens of the context; a line on stderr says when that drops the oldest messages."""
+    import torch  # here, not above: data/prepare_chat.py needs this module but not torch
+    room = min(max_new_tokens, model.config.block_size // 2)
+    ids, dropped = prompt(messages, tok, model.config.block_size - room)
+    if dropped:
+        print(f"(the {dropped} oldest messages no longer fit in the context and are left out)", file=sys.stderr)
+    answer = []
+    stream = TextStream(tok.decode, [])
+
+    def show(token):
+        if token.item() != tok.ids['end']:
+            answer.append(token.item())
+            stream.push(token.item())
+    with torch.no_grad(), runtime.autocast:
+        model.generate(torch.tensor([ids], device=runtime.device), max_new_tokens, on_token=show,
+                       stop_token=tok.ids['end'], **sampling)
+    print(flush=True)
+    return tok.decode(answer)

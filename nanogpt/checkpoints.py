@@ -1,130 +1,19 @@
 """
 Checkpoints in the original's format (model, optimizer, model_args, iter_num, best_val_loss,
-config), written atomically, read with clear errors; pretrained GPT-2 weights; random states.
+config), written atomically, read with clear errors; which one a resume starts from.
 """
-import atexit
-import json
 import os
 import pickle
-import random
-import socket
 import sys
-import time
 import warnings
 
-import numpy as np
 import torch
 
-from model import GPT, MODERN_DEFAULTS, PRETRAINED, GPTConfig
-from nanogpt import data
 from nanogpt.distributed import load_optimizer_state, local
-from nanogpt.report import fail
-
+from nanogpt.report import fail, first_line
 
 CKPT_NAME = 'ckpt.pt'  # the checkpoint train.py writes and sample.py reads, as in the original
-
-
 LAST_NAME = 'last.pt'  # the latest state, written when a run is stopped early, for resuming
-
-
-LOCK_NAME = 'train.lock'  # while a run writes into its out_dir: who it is, so that a second run is refused
-
-
-ORIGINAL_MODEL_ARGS = ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias', 'vocab_size', 'dropout')
-# what a resume must keep: the model's shape and its modern choices
-MODEL_SHAPE_KEYS = tuple(k for k in ORIGINAL_MODEL_ARGS if k != 'dropout') + tuple(MODERN_DEFAULTS)
-
-
-def model_args_of(config):
-    """A checkpoint's model_args: the original's keys, plus each modern choice that differs from GPT-2's.
-    A classic model's checkpoint is thus the original's; a modern one names fields the original's
-    GPTConfig does not have, so the original refuses it rather than building a wrong model."""
-    args = {k: getattr(config, k) for k in ORIGINAL_MODEL_ARGS}
-    args.update(config.modern_choices())
-    return args
-
-
-def ensure_writable(folder, setting='out_dir'):
-    """Fail now, not after hours of training, when checkpoints (or reports) could not be written;
-    setting names the option that chose the folder."""
-    try:
-        os.makedirs(folder, exist_ok=True)
-        probe = os.path.join(folder, f".write-test-{os.getpid()}")
-        with open(probe, 'w'):
-            pass
-        os.remove(probe)
-    except OSError as e:
-        fail(f"{setting} {folder} is not writable ({e.strerror}); choose another with --{setting}=PATH")
-
-
-def lock_out_dir(out_dir):
-    """Claim out_dir for this run until it exits, or refuse: two runs in one out_dir overwrite each
-    other's checkpoints and metrics. A lock left by a dead process of this host (kill -9, a second
-    Ctrl-C) is taken over; one from another host cannot be checked from here, so it refuses."""
-    path = os.path.join(out_dir, LOCK_NAME)
-    me = {'pid': os.getpid(), 'host': socket.gethostname(), 'started': time.strftime('%Y-%m-%d %H:%M:%S')}
-    while True:
-        try:  # O_EXCL: of two runs starting together, exactly one creates the file
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        except FileExistsError:
-            holder = _read_lock(path)
-            if holder is None:  # its run is between creating and writing it, or died right there
-                fail(f"out_dir {out_dir} is in use by another run (its lock {path} is empty or unreadable); "
-                     f"wait for it, choose another --out_dir, or delete {path} if no run is using it")
-            if holder['host'] == me['host'] and not _alive(holder['pid']):
-                print(f"taking over {path}: the run that left it (pid {holder['pid']}, started "
-                      f"{holder.get('started', '?')}) is gone")
-                try:
-                    os.remove(path)
-                except FileNotFoundError:  # another run starting now took it over first: try again
-                    pass
-                except OSError as e:
-                    fail(f"cannot take over {path} ({e.strerror}); delete it, its run is gone")
-                continue
-            fail(f"out_dir {out_dir} is in use by another run (pid {holder['pid']} on host {holder['host']}, "
-                 f"started {holder.get('started', '?')}); wait for it, choose another --out_dir, "
-                 f"or delete {path} if that run is gone")
-        except OSError as e:
-            fail(f"cannot create {path} ({e.strerror}); choose another --out_dir")
-        with os.fdopen(fd, 'w') as f:
-            f.write(json.dumps(me) + '\n')
-        # at exit: sys.exit, an uncaught error and a Ctrl-C/SIGTERM stop all get here; os._exit (a
-        # second Ctrl-C) and kill -9 do not, and leave a lock the next run on this host takes over
-        atexit.register(_unlock, path, me['pid'])
-        return path
-
-
-def _read_lock(path):
-    """A lock file's {'pid', 'host', 'started'}, or None when it cannot be read as one."""
-    try:
-        with open(path) as f:
-            holder = json.load(f)
-        return holder if isinstance(holder, dict) and isinstance(holder.get('pid'), int) and 'host' in holder \
-            else None
-    except (OSError, ValueError):
-        return None
-
-
-def _alive(pid):
-    if pid == os.getpid():  # a restarted container hands out the same pids: the lock is a dead run's
-        return False
-    try:
-        os.kill(pid, 0)  # signal 0: is there such a process, without disturbing it
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        pass
-    return True
-
-
-def _unlock(path, pid):
-    # only the process that took the lock (not a forked child), and only while it is still ours
-    holder = _read_lock(path)
-    if os.getpid() == pid and holder is not None and holder['pid'] == pid:
-        try:
-            os.remove(path)
-        except OSError:
-            pass
 
 
 def save_checkpoint(checkpoint, path):
@@ -161,11 +50,6 @@ def _write_error(e):
     return first_line(e)
 
 
-def first_line(e):
-    """An exception's message cut to one short line, for a one-line error (its type if it has none)."""
-    return str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-
-
 def _resumable(out_dir):
     """What is left to resume from after a failed write, in words."""
     path = latest_checkpoint(out_dir)
@@ -198,42 +82,6 @@ def load_checkpoint(path, device='cpu', mmap=False):
     return checkpoint
 
 
-def model_from_checkpoint(checkpoint, path, **overrides):
-    """Build the GPT a checkpoint describes and load its weights (dropout may be overridden)."""
-    args = {**checkpoint['model_args'], **checkpoint.get('model_extra_args', {}), **overrides}
-    try:
-        model = GPT(GPTConfig(**args))
-        # checkpoints saved from a torch.compile'd model carry this prefix on every key
-        state = {k.removeprefix('_orig_mod.'): v for k, v in checkpoint['model'].items()}
-        model.load_state_dict(state)
-    except (TypeError, ValueError, RuntimeError) as e:
-        fail(f"{path} does not hold a model this code can build ({str(e).splitlines()[0][:200]})")
-    return model
-
-
-def check_overrides(model, config, explicit, out_dir=None, pretrained=None):
-    """Shape settings given on the command line that the model contradicts, a one-line error: the
-    checkpoint resumed from out_dir, or pretrained weights (whose block_size may be cropped)."""
-    for k in MODEL_SHAPE_KEYS:
-        has = getattr(model.config, k)
-        if k not in explicit or config[k] == has or (pretrained and k == 'block_size'):
-            continue
-        if pretrained:
-            fail(f"{pretrained} has {k}={has}, not {config[k]}; drop --{k}")
-        fail(f"cannot resume with {k}={config[k]}: the checkpoint in {out_dir} has {k}={has}; drop --{k} "
-             f"or start a new run in another out_dir")
-
-
-def check_tokenizer(checkpoint, meta, data_dir):
-    """A resumed checkpoint must read the dataset's tokens as they were written: the same tokenizer
-    (checked where the checkpoint records one; the original's do not)."""
-    if 'meta' not in checkpoint or data.tokenizer_name(checkpoint['meta']) == data.tokenizer_name(meta) == 'char':
-        return  # two character vocabularies: the vocabulary check after this one names their sizes
-    if not data.same_tokenizer(checkpoint['meta'], meta):
-        fail(f"the checkpoint was trained with another tokenizer ({data.tokenizer_name(checkpoint['meta'])}) "
-             f"than {data_dir} has ({data.tokenizer_name(meta)}); train on data of its tokenizer")
-
-
 def load_training_state(checkpoint, model, optimizer, scaler, optimizer_name, fsdp=False):
     """A resumed run's optimizer state (sharded under FSDP) and float16 loss scale."""
     try:
@@ -253,104 +101,6 @@ def changed_settings(checkpoint, config):
     """'name old -> new' for each setting a resumed run changes from the checkpoint's."""
     return [f"{k} {v!r} -> {config[k]!r}" for k, v in checkpoint.get('config', {}).items()
             if k in config and k != 'init_from' and v != config[k]]
-
-
-def is_run(init_from):
-    """Whether init_from is an out_dir of ours (it holds ckpt.pt), to finetune from."""
-    return os.path.isfile(os.path.join(init_from, CKPT_NAME))
-
-
-def run_model(out_dir, meta, data_dir, dropout=0.0):
-    """The model of out_dir/ckpt.pt, to start a new run from (finetuning): its weights only, after
-    checking that it reads data_dir's tokens."""
-    path = os.path.join(out_dir, CKPT_NAME)
-    checkpoint = load_checkpoint(path, 'cpu', mmap=True)
-    check_tokenizer(checkpoint, meta, data_dir)
-    return model_from_checkpoint(checkpoint, path, dropout=dropout)
-
-
-def pad_vocab(model, vocab_size=50304):
-    """OpenAI's GPT-2 has 50257 tokens; chat finetuning's tokens take ids 50257.. of the 50304 that
-    models trained here have (nanogpt/chat.py). The new rows start at the mean embedding, so the
-    new tokens begin as an average token rather than noise; an untied head's new rows at zero."""
-    old = model.transformer.wte.weight.data
-    extra = vocab_size - old.size(0)
-    model.transformer.wte = torch.nn.Embedding(vocab_size, old.size(1))
-    model.transformer.wte.weight.data = torch.cat([old, old.mean(0, keepdim=True).expand(extra, -1)])
-    if model.config.tie_weights:
-        model.lm_head = torch.nn.Linear(old.size(1), vocab_size, bias=False)
-        model.lm_head.weight = model.transformer.wte.weight
-    else:
-        head = model.lm_head.weight.data
-        model.lm_head = torch.nn.Linear(old.size(1), vocab_size, bias=False)
-        model.lm_head.weight.data = torch.cat([head, head.new_zeros(extra, head.size(1))])
-    model.config.vocab_size = vocab_size
-
-
-def is_pretrained(init_from):
-    return init_from in PRETRAINED or os.path.isdir(init_from)
-
-
-def pretrained_model(name_or_dir, dropout=0.0):
-    """GPT.from_pretrained with a clear error for each way it can go wrong."""
-    try:
-        import transformers
-        transformers.utils.logging.disable_progress_bar()  # stderr is for errors: one line each
-        return GPT.from_pretrained(name_or_dir, dict(dropout=dropout))
-    except ImportError:
-        fail("loading GPT-2 weights needs transformers: pip install transformers")
-    except ValueError as e:
-        fail(str(e))
-    except OSError as e:  # not downloadable (offline), or a folder without a model in it
-        fail(f"could not load {name_or_dir} ({first_line(e)}); OpenAI's weights download "
-             f"from the Hugging Face hub once, or give a folder saved with save_pretrained")
-
-
-def inference_model(init_from, out_dir):
-    """The model sample.py and eval.py run, on the CPU (the caller moves it), with its character
-    vocabulary (None for GPT-2 BPE) and a name for reports: out_dir/ckpt.pt for init_from='resume',
-    else GPT-2 weights or a Hugging Face folder. A checkpoint is memory-mapped, so its optimizer
-    state (twice the model's size with AdamW) is never read, let alone copied to a GPU."""
-    if init_from == 'resume':
-        ckpt_path = os.path.join(out_dir, CKPT_NAME)
-        checkpoint = load_checkpoint(ckpt_path, 'cpu', mmap=True)
-        model = model_from_checkpoint(checkpoint, ckpt_path, dropout=0.0)
-        # our checkpoints keep the vocabulary; the original's name the dataset whose meta.pkl has it
-        dataset = checkpoint.get('config', {}).get('dataset')
-        meta = checkpoint.get('meta') or (data.read_meta(os.path.join('data', dataset, 'meta.pkl')) if dataset else None)
-        if meta is not None and meta['vocab_size'] != model.config.vocab_size:
-            fail(f"the checkpoint's vocabulary ({model.config.vocab_size} tokens) differs from its "
-                 f"dataset's meta.pkl ({meta['vocab_size']}); was the dataset prepared again since?")
-        name = f"{ckpt_path} (iteration {checkpoint.get('iter_num', '?')})"
-    elif is_pretrained(init_from):
-        model = pretrained_model(init_from)
-        meta = data.read_meta(os.path.join(init_from, 'meta.pkl'))  # export_hf.py keeps a character vocabulary here
-        name = init_from
-    else:
-        fail(f"unknown init_from {init_from!r}; use 'resume' (with --out_dir), a GPT-2 name or a Hugging Face folder")
-    return model, meta, name
-
-
-def rng_state():
-    """Every random state that drives batches and dropout, to make a resume exact. Plain
-    lists and tensors only, so checkpoints load with torch.load(weights_only=True)."""
-    np_state = np.random.get_state()
-    return {
-        'python': random.getstate(),
-        'numpy': [np_state[0], np_state[1].tolist(), *np_state[2:]],
-        'torch': torch.get_rng_state(),
-        # this process's GPU only: asking for every GPU's state would open a context on each of them
-        'cuda': torch.cuda.get_rng_state() if torch.cuda.is_available() and torch.cuda.is_initialized() else None,
-    }
-
-
-def set_rng_state(state):
-    random.setstate(state['python'])
-    kind, key, *rest = state['numpy']
-    np.random.set_state((kind, np.array(key, dtype=np.uint32), *rest))
-    torch.set_rng_state(state['torch'].cpu())
-    if isinstance(state['cuda'], torch.Tensor) and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state['cuda'].cpu())
 
 
 def latest_checkpoint(out_dir):

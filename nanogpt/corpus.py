@@ -14,9 +14,11 @@ import math
 import multiprocessing
 import os
 import random
+import time
 
 import numpy as np
 
+from nanogpt import data, tokens
 from nanogpt.report import fail
 
 SUFFIXES = ('.txt', '.jsonl', '.parquet')
@@ -189,8 +191,7 @@ def make_encoder(tokenizer, spec):
     if tokenizer == 'char':
         return lambda texts: [[spec[c] for c in text] for text in texts]
     if tokenizer == 'gpt2':
-        from nanogpt.data import gpt2_encoding
-        enc = gpt2_encoding()
+        enc = tokens.gpt2_encoding()
         return lambda texts: enc.encode_ordinary_batch(texts)
     from tokenizers import Tokenizer
     bpe = Tokenizer.from_str(spec)
@@ -274,8 +275,8 @@ def write_dataset(pieces, out_dir, tokenizer, spec, eot, dtype, num_proc=1, tota
             f.close()
             if os.path.exists(path + '.tmp'):
                 os.remove(path + '.tmp')
-    tokens = [os.path.getsize(path) // dtype.itemsize for path in paths]
-    return {'tokens': tokens, 'bytes': counts[:, 0].tolist(), 'documents': counts[:, 1].tolist()}
+    split_tokens = [os.path.getsize(path) // dtype.itemsize for path in paths]
+    return {'tokens': split_tokens, 'bytes': counts[:, 0].tolist(), 'documents': counts[:, 1].tolist()}
 
 
 def _move_last_document(train_path, val_path, eot, dtype, counts):
@@ -290,3 +291,86 @@ def _move_last_document(train_path, val_path, eot, dtype, counts):
         f.truncate(start * dtype.itemsize)
     moved = round(counts[0, 0] * (len(ids) - start) / len(ids))  # its text bytes, in proportion to its tokens
     return counts + np.array([[-moved, -1], [moved, 1]])
+
+
+def prepare(input, out_dir='', tokenizer='bpe', vocab_size=4096, text_column='text', hf_split='train',
+            tokenizer_bytes=0, val_fraction=0.1, utf8_errors='strict', num_proc=0, seed=2357):
+    """data/prepare.py's work, its settings as arguments: the corpus input (documents() says what it
+    may be) into out_dir ('': data/<input_name(input)>) as train.bin, val.bin and, but for GPT-2 BPE,
+    meta.pkl (with tokenizer='bpe', tokenizer.json too), saying what it did on stdout. num_proc 0 is
+    one process per core for corpora over PARALLEL_BYTES. Returns out_dir."""
+    if tokenizer not in ('char', 'gpt2', 'bpe'):
+        fail(f"tokenizer must be 'char', 'gpt2' or 'bpe', not {tokenizer!r}")
+    if not 0 < val_fraction < 1:
+        fail(f"val_fraction must be between 0 and 1, not {val_fraction}")
+    if utf8_errors not in ('strict', 'replace'):
+        fail(f"utf8_errors must be 'strict' or 'replace', not {utf8_errors!r}")
+    if tokenizer == 'bpe' and not 261 <= vocab_size <= 2 ** 32:
+        fail(f"vocab_size {vocab_size} cannot be: a byte-level BPE needs at least 261 tokens (256 bytes, "
+             f"<|endoftext|> and 4 chat tokens), and uint32 token ids allow at most 4294967296")
+    hf_name = input[3:] if input.startswith('hf:') else None
+    if not input or not (hf_name or os.path.exists(input)):
+        fail(f"input {input!r} does not exist; give --input=a text, .jsonl or .parquet file, a folder of them, "
+             f"or hf:NAME")
+    out_dir = out_dir or os.path.join('data', input_name(input))
+    pieces = lambda: documents(input, text_column, hf_split, val_fraction, seed, utf8_errors)
+    file_bytes = None if hf_name else sum(os.path.getsize(path) for path in source_files(input))
+    if not any(text for text, _, _ in pieces()):
+        fail(f"{input} holds no text")
+    existing = data.read_meta(os.path.join(out_dir, 'meta.pkl')) if os.path.exists(os.path.join(out_dir, 'train.bin')) \
+        else False
+
+    def refuse_other_tokenizer(meta):
+        """Re-preparing a folder with another tokenizer would leave its checkpoints reading wrong ids."""
+        if existing is not False and not tokens.same_tokenizer(existing, meta):
+            fail(f"{out_dir} already holds a dataset with another tokenizer ({tokens.tokenizer_name(existing)}); "
+                 f"delete it first, or prepare into another --out_dir")
+
+    # the tokenizer: meta.pkl's contents (None for GPT-2 BPE, as data/shakespeare/prepare.py writes)
+    if existing is not False and tokens.tokenizer_name(existing) != tokenizer:
+        refuse_other_tokenizer({'tokenizer': tokenizer})
+    if tokenizer == 'char':
+        chars = characters(pieces())
+        meta = {'vocab_size': len(chars) + 1, 'itos': dict(enumerate(chars)),
+                'stoi': {c: i for i, c in enumerate(chars)}, 'eot': len(chars), 'tokenizer': 'char'}
+        meta['itos'][meta['eot']] = ''  # a document boundary reads as nothing
+        spec, eot = meta['stoi'], meta['eot']
+    elif tokenizer == 'gpt2':
+        meta, spec, eot = None, None, tokens.GPT2_EOT
+        tokens.gpt2_encoding()  # fail now, not in the encoding processes, if it cannot be had
+    else:
+        from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+        started = time.time()
+        bpe = Tokenizer(models.BPE())
+        bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)  # GPT-2's split into words first
+        bpe.decoder = decoders.ByteLevel()
+        # end-of-text first (id 0), then the chat tokens that chat finetuning renders turns with (nanogpt/chat.py)
+        special = [tokens.EOT_TOKEN, *tokens.CHAT_TOKENS.values()]
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special, show_progress=False,
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+        bpe.train_from_iterator(training_text(pieces(), tokenizer_bytes), trainer)
+        seconds = time.time() - started
+        spec, eot = bpe.to_str(), bpe.token_to_id(tokens.EOT_TOKEN)
+        meta = {'vocab_size': bpe.get_vocab_size(), 'tokenizer': 'bpe', 'tokenizer_json': spec, 'eot': eot}
+        print(f"trained a byte-level BPE of {meta['vocab_size']:,} tokens in {seconds:.1f} s")
+    if meta is not None and meta['vocab_size'] > 2 ** 16:
+        meta['dtype'] = 'uint32'  # ids past uint16; the original's readers take uint16 only
+    refuse_other_tokenizer(meta)
+
+    # every document's ids, then end-of-text, into train.bin and val.bin
+    workers = num_proc or (os.cpu_count() if file_bytes is None or file_bytes > PARALLEL_BYTES else 1)
+    started = time.time()
+    written = write_dataset(pieces(), out_dir, tokenizer, spec, eot, data.token_dtype(meta), workers, file_bytes)
+    if tokenizer == 'bpe':
+        bpe.save(os.path.join(out_dir, 'tokenizer.json'))
+    if meta is not None:
+        data.write_meta(out_dir, meta)
+    seconds = time.time() - started
+    (train_tokens, val_tokens), (train_bytes, val_bytes) = written['tokens'], written['bytes']
+    print(f"{sum(written['documents']):,} documents, {written['documents'][1]:,} for validation; encoded "
+          f"{(train_bytes + val_bytes) / 1e6:.1f} MB in {seconds:.1f} s with {workers} "
+          f"process{'es' if workers > 1 else ''}")
+    print(f"train has {train_tokens:,} tokens, val has {val_tokens:,} tokens ({data.token_dtype(meta)}), "
+          f"{train_bytes / max(train_tokens, 1):.2f} bytes per token; train with: python train.py "
+          f"--dataset={data.dataset_setting(out_dir)} ...")
+    return out_dir

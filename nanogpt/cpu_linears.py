@@ -3,19 +3,28 @@ CPU linears in oneDNN, and the rule that decides where they pay.
 
 PyTorch's float32 CPU matmuls go to MKL; oneDNN is in torch too. On AMD processors MKL runs its
 AVX2 code, while oneDNN uses AVX-512 where the CPU has it, so there oneDNN's matmuls are up to
-twice as fast. On Intel CPUs with AVX-512 both libraries reach the same rate, and the oneDNN path
-(one more copy per weight gradient) is then slower. So 'auto' measures both rates on the machine
-it runs on and takes oneDNN only where it clearly wins.
+twice as fast. On Intel CPUs MKL runs AVX-512 itself, and the oneDNN path (one more copy per
+weight gradient) is then slower; where a CPU has no AVX-512 both run AVX2. So 'auto' takes oneDNN
+on AMD CPUs with AVX-512 only: a rule on what the CPU is, never a timing, so that the same command
+on the same machine always takes the same numeric path, whatever else the machine is doing.
 """
 import collections
 import functools
+import os
 import platform
-import statistics
-import time
 
 import torch
 
 from nanogpt.report import fail
+
+# what oneDNN's AVX-512 kernels (its 'avx512_core') need, as /proc/cpuinfo names the flags
+AVX512_FLAGS = {'avx512f', 'avx512bw', 'avx512dq', 'avx512vl'}
+CPUINFO = '/proc/cpuinfo'
+VENDOR_NAMES = {'AuthenticAMD': 'AMD', 'GenuineIntel': 'Intel'}
+
+# The two facts of a CPU that the rule reads: its vendor id (e.g. 'AuthenticAMD', None where it
+# cannot be read) and whether it runs AVX-512.
+CpuFacts = collections.namedtuple('CpuFacts', 'vendor avx512')
 
 
 def onednn_usable(device_type, dtype, compile=False):
@@ -37,71 +46,52 @@ def check_onednn_setting(onednn, device_type, dtype, compile=False):
     return onednn
 
 
-# 'auto' takes oneDNN only when it is at least this much faster on the model's own linears: a
+def onednn_pays(vendor, avx512):
+    """The rule for 'auto': oneDNN linears on AMD CPUs with AVX-512, where MKL keeps to AVX2 and
+    oneDNN does not (measured on an AMD EPYC: ~22-26 against ~33 ms a step). Intel's MKL runs
+    AVX-512 already (an Intel Xeon: 44.5-48.1 against 35.0-39.8 ms with oneDNN), and without
+    AVX-512 both libraries run AVX2."""
+    return vendor == 'AuthenticAMD' and avx512
 
 
-# smaller measured gain is within the noise of a shared machine, and not worth a different path
+def describe_cpu(vendor, avx512):
+    """The facts the rule read, in a few words for the start-up line: 'AMD with AVX-512'."""
+    if vendor is None:
+        return 'CPU vendor unknown'
+    return f"{VENDOR_NAMES.get(vendor, vendor)} {'with' if avx512 else 'without'} AVX-512"
 
 
-ONEDNN_MARGIN = 1.1
+def read_cpuinfo(text):
+    """The CpuFacts in the text of a Linux /proc/cpuinfo, from its first processor's lines (an ARM
+    CPU's have no vendor_id)."""
+    first_processor = text.strip().split('\n\n')[0]
+    fields = dict((name.strip(), value.strip()) for name, _, value in
+                  (line.partition(':') for line in first_processor.splitlines()))
+    return CpuFacts(fields.get('vendor_id'), AVX512_FLAGS <= set(fields.get('flags', '').split()))
 
 
-def prefer_onednn(plain_seconds, onednn_seconds, margin=ONEDNN_MARGIN):
-    """The rule for 'auto', from the two measured times of the same linears."""
-    return plain_seconds >= margin * onednn_seconds
+def cpu_facts():
+    """This machine's CpuFacts: from /proc/cpuinfo where there is one. Elsewhere the vendor is the
+    last word of the PROCESSOR_IDENTIFIER that Windows sets ('AMD64 Family 25 Model 97 Stepping 2,
+    AuthenticAMD'; none on a Mac, all of whose x86 CPUs are Intel's) and AVX-512 what torch found."""
+    if os.path.exists(CPUINFO):
+        with open(CPUINFO) as f:
+            return read_cpuinfo(f.read())
+    _, comma, vendor = os.environ.get('PROCESSOR_IDENTIFIER', '').rpartition(',')
+    return CpuFacts(vendor.strip() if comma else None, torch.backends.cpu.get_cpu_capability() == 'AVX512')
 
 
-def time_linears(shapes, rows, use_onednn, backward=True, repeats=3, max_rows=1024, pass_flops=5e9):
-    """Seconds of a forward (and backward) pass through Linear layers of the given (in_features,
-    out_features, bias, count) shapes, with plain torch or oneDNN: each distinct shape timed (the
-    median of repeats) and counted count times. The rows per step are capped at max_rows, and for
-    big models further so that one pass over the shapes stays near pass_flops (but at least 64
-    rows): the choice is made in about a second even for a GPT-2 shape."""
-    flops_per_row = (6 if backward else 2) * sum(n_in * n_out for n_in, n_out, _, _ in shapes)
-    rows = max(1, min(rows, max_rows, max(64, int(pass_flops / flops_per_row))))
-    with torch.random.fork_rng(devices=[]):  # training's random state stays untouched
-        torch.manual_seed(0)
-        layers = [(torch.nn.Linear(n_in, n_out, bias), torch.randn(rows, n_in, requires_grad=backward),
-                   torch.randn(rows, n_out), count) for n_in, n_out, bias, count in shapes]
-    total = 0.0
-    with torch.set_grad_enabled(backward):
-        for layer, x, grad, count in layers:
-            if use_onednn:
-                use_onednn_linears(layer)
-            times = []
-            for _ in range(repeats + 1):  # the first run warms up (oneDNN builds its kernels then)
-                start = time.perf_counter()
-                y = layer(x)
-                if backward:
-                    y.backward(grad)
-                times.append(time.perf_counter() - start)
-            total += count * statistics.median(times[1:])
-    return total
-
-
-def linear_shapes(model):
-    """The (in_features, out_features, bias, count) of every distinct nn.Linear in model."""
-    counts = collections.Counter((m.in_features, m.out_features, m.bias is not None)
-                                 for m in model.modules() if type(m) is torch.nn.Linear)
-    return [(*shape, count) for shape, count in counts.items()]
-
-
-def resolve_onednn(onednn, device_type, dtype, compile, model, rows, backward=True):
-    """(use oneDNN, measured speed-up or None) for a model about to run rows rows per step (forward
-    only for generation, backward=False). 'auto' times the model's own linear layers both ways on
-    this machine and takes oneDNN where prefer_onednn says so: measured, since which library wins
-    depends on the CPU (see the top of this file)."""
+def resolve_onednn(onednn, device_type, dtype, compile):
+    """(use oneDNN, why) for the --onednn setting: 'auto' follows onednn_pays on this CPU's facts
+    where oneDNN linears can run at all, and why names those facts; an explicit setting is taken
+    as given (why None)."""
     onednn = check_onednn_setting(onednn, device_type, dtype, compile)
     if onednn != 'auto':
         return onednn, None
     if not onednn_usable(device_type, dtype, compile):
         return False, None
-    shapes = linear_shapes(model)
-    plain, fast = [], []
-    for _ in range(2):  # alternating, so that both see the same load
-        plain.append(time_linears(shapes, rows, False, backward))
-        fast.append(time_linears(shapes, rows, True, backward))
-    return prefer_onednn(min(plain), min(fast)), min(plain) / min(fast)
+    facts = cpu_facts()
+    return onednn_pays(*facts), describe_cpu(*facts)
 
 
 def onednn_linear(x, weight, bias=None):

@@ -1,20 +1,19 @@
 """
 Datasets on disk, in the original's format: train.bin and val.bin (uint16 token ids) and an
 optional meta.pkl (a character vocabulary, or a BPE of the dataset's own, and uint32 ids where its
-vocabulary outgrows uint16); reading them, checking them and writing them; and text to token ids
-and back (a dataset's characters, its own BPE, or GPT-2's BPE through tiktoken).
+vocabulary outgrows uint16): reading them, checking them, writing them, and train.py's batches.
 """
-
 import os
 import pickle
-import sys
 
 import numpy as np
 
 from nanogpt.report import fail
+from nanogpt.tokens import CHAT_TOKENS, GPT2_CHAT_IDS, GPT2_EOT, bpe_tokenizer
 
 # torch is imported where tensors are made, not here: the prepare scripts read and write data
 # without it and start a second sooner
+
 
 def dataset_setting(out_dir):
     """The --dataset that makes train.py read a dataset prepared into out_dir: train.py reads
@@ -25,14 +24,6 @@ def dataset_setting(out_dir):
 
 def dataset_paths(data_dir):
     return {split: os.path.join(data_dir, f'{split}.bin') for split in ('train', 'val')}
-
-
-GPT2_EOT = 50256  # GPT-2 BPE's <|endoftext|>, which ends each document of its datasets
-EOT_TOKEN = '<|endoftext|>'
-# chat finetuning's tokens (nanogpt/chat.py): special tokens of data/prepare.py's BPEs, and with
-# GPT-2 BPE ids 50257-50260 of the padded vocabulary
-CHAT_TOKENS = {'system': '<|system|>', 'user': '<|user|>', 'assistant': '<|assistant|>', 'end': '<|end|>'}
-GPT2_CHAT_IDS = {name: GPT2_EOT + 1 + i for i, name in enumerate(CHAT_TOKENS)}
 
 
 def token_dtype(meta):
@@ -78,26 +69,6 @@ def write_meta(out_dir, meta):
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, 'meta.pkl'), 'wb') as f:
         pickle.dump(meta, f)
-
-
-def tokenizer_name(meta):
-    """'gpt2' (no meta.pkl), 'char' or 'bpe': what a dataset's or a checkpoint's tokens are."""
-    return 'gpt2' if meta is None else meta.get('tokenizer', 'char')
-
-
-def bpe_tokenizer(meta):
-    """The byte-level BPE that data/prepare.py trained, from the JSON a meta.pkl carries."""
-    from tokenizers import Tokenizer
-    return Tokenizer.from_str(meta['tokenizer_json'])
-
-
-def same_tokenizer(a, b):
-    """Whether two meta.pkl contents (None: GPT-2 BPE) turn text into the same ids."""
-    if tokenizer_name(a) != tokenizer_name(b):
-        return False
-    if tokenizer_name(a) == 'bpe':
-        return a['tokenizer_json'] == b['tokenizer_json']
-    return a is None or a['stoi'] == b['stoi']
 
 
 FULL_SCAN_BYTES = 1 << 30  # .bin files up to this size are scanned for bad token ids before training
@@ -249,35 +220,6 @@ def document_starts(path, eot, block_size, dtype=np.dtype('uint16'), chunk_token
     return starts[starts < n_tokens - block_size]
 
 
-def download(url, path, hint):
-    """Fetch url into path (atomically: an interrupted download leaves no file), or a one-line error
-    ending with hint."""
-    import requests
-    os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-    print(f"downloading {url}", flush=True)
-    try:
-        response = requests.get(url, timeout=60)
-        response.raise_for_status()
-    except requests.RequestException as e:
-        fail(f"could not download {url} ({type(e).__name__}); {hint}")
-    with open(path + '.tmp', 'wb') as f:
-        f.write(response.content)
-    os.replace(path + '.tmp', path)
-
-
-def read_text(input_file, default_file=None, url=None):
-    """The text of input_file; without one, of default_file, first downloaded from url if missing."""
-    if not input_file and not os.path.exists(default_file):
-        download(url, default_file, f"download it yourself and save it as {os.path.relpath(default_file)}, "
-                                    f"or pass --input_file=PATH")
-    path = input_file or default_file
-    try:
-        with open(path, encoding='utf-8') as f:
-            return f.read()
-    except (OSError, UnicodeDecodeError) as e:
-        fail(f"cannot read {path} as UTF-8 text ({e.strerror if isinstance(e, OSError) else e})")
-
-
 def write_bins(out_dir, train_ids, val_ids):
     """train.bin and val.bin: token ids as raw uint16, the original's format."""
     os.makedirs(out_dir, exist_ok=True)
@@ -290,49 +232,18 @@ def write_bins(out_dir, train_ids, val_ids):
     print(f"train has {len(train_ids):,} tokens, val has {len(val_ids):,} tokens")
 
 
-def load_tokenizer(meta):
-    """encode/decode from a dataset's meta.pkl (characters, or a BPE of its own), or GPT-2 BPE without one."""
-    if tokenizer_name(meta) == 'bpe':
-        bpe = bpe_tokenizer(meta)
-        return (lambda text: bpe.encode(text).ids), (lambda ids: bpe.decode(ids, skip_special_tokens=False))
-    if meta is not None:
-        stoi, itos = meta['stoi'], meta['itos']
-
-        def encode(text):
-            unknown = sorted(set(text) - stoi.keys())
-            if unknown:
-                fail(f"the prompt has characters this model's vocabulary lacks: {''.join(unknown)!r}")
-            return [stoi[c] for c in text]
-        return encode, lambda ids: ''.join(itos[i] for i in ids)
-    enc = gpt2_encoding()
-    return (lambda text: enc.encode(text, allowed_special={EOT_TOKEN})), enc.decode
+def write_characters(text, out_dir):
+    """data/shakespeare_char/prepare.py's dataset: every distinct character of text a token, the first
+    90% of the text in train.bin, the rest in val.bin, and meta.pkl with vocab_size, itos and stoi."""
+    if len(text) < 2:
+        fail("the text is too short to split into train and val")
+    print(f"{len(text):,} characters")
+    chars = sorted(set(text))
+    stoi = {ch: i for i, ch in enumerate(chars)}
+    print(f"vocab size: {len(chars)}: {''.join(chars)!r}")
+    ids = np.array([stoi[c] for c in text])
+    split = int(len(ids) * 0.9)  # first 90% train, the rest val
+    write_bins(out_dir, ids[:split], ids[split:])
+    write_meta(out_dir, {'vocab_size': len(chars), 'itos': dict(enumerate(chars)), 'stoi': stoi})
 
 
-class TextStream:
-    """Print a sample as its tokens arrive. Each time, decode all the ids so far and print what is
-    new, holding back a trailing incomplete character (a BPE token can end inside one)."""
-
-    def __init__(self, decode, ids, out=sys.stdout):
-        self.decode, self.ids, self.out, self.shown = decode, list(ids), out, 0
-        self._show()
-
-    def push(self, token_id):
-        self.ids.append(token_id)
-        self._show()
-
-    def _show(self):
-        text = self.decode(self.ids)
-        if not text.endswith('\ufffd'):
-            self.out.write(text[self.shown:])
-            self.out.flush()
-            self.shown = len(text)
-
-
-def gpt2_encoding():
-    """tiktoken's GPT-2 BPE, or a clear error when it can be neither downloaded nor found cached."""
-    import tiktoken
-    try:
-        return tiktoken.get_encoding('gpt2')
-    except Exception as e:
-        fail(f"cannot load the GPT-2 BPE tokenizer ({type(e).__name__}); tiktoken downloads it once, or "
-             f"set TIKTOKEN_CACHE_DIR to a folder that holds tiktoken's cached copies of its files")

@@ -29,17 +29,26 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from nanogpt import data, distributed
+from nanogpt import data, distributed, download, tokens
 from nanogpt.report import fail
 
 HELLASWAG_URL = 'https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl'
 HELLASWAG_FILE = os.path.join('data', 'hellaswag', 'hellaswag_val.jsonl')  # relative to where the script runs
-HELLASWAG_SIZE = 10042  # examples in the validation file
 
 # OpenAI's GPT-2 on HellaSwag validation, scored as here (build-nanogpt, llm.c): (acc, acc_norm)
 GPT2_HELLASWAG = {'gpt2': (0.2859, 0.2955), 'gpt2-xl': (0.3842, 0.4893)}
 
 GPT2_VOCAB = 50257  # GPT-2 BPE's tokens; models trained here from scratch pad it to 50304
+
+
+def runs_hellaswag(hellaswag, text_file, dataset):
+    """Whether eval.py scores HellaSwag: hellaswag True, or 'auto' with neither a text_file nor a
+    dataset to measure; a one-line error when nothing at all would be evaluated."""
+    run = hellaswag is True or (hellaswag == 'auto' and not (text_file or dataset))
+    if not (run or text_file or dataset):
+        fail("nothing to evaluate: give --text_file=PATH or --dataset=NAME for loss and bits per byte, "
+             "or --hellaswag=True")
+    return run
 
 
 def hellaswag_path(path, runtime):
@@ -48,7 +57,7 @@ def hellaswag_path(path, runtime):
     if path:
         return path
     if not os.path.exists(HELLASWAG_FILE) and runtime.local_rank == 0:
-        data.download(HELLASWAG_URL, HELLASWAG_FILE,
+        download.download(HELLASWAG_URL, HELLASWAG_FILE,
                             f"download it yourself and save it as {HELLASWAG_FILE}, or pass --hellaswag_file=PATH")
     if runtime.ddp:
         torch.distributed.barrier()
@@ -95,12 +104,12 @@ class Example:
 def hellaswag_encoder(meta, texts):
     """text -> ids for HellaSwag in the model's own tokens: GPT-2 BPE, a byte-level BPE of ours (it
     spells any text), or a character vocabulary that holds every character of texts."""
-    name = data.tokenizer_name(meta)
+    name = tokens.tokenizer_name(meta)
     if name == 'gpt2':  # checked by load_hellaswag before the file is read
-        enc = data.gpt2_encoding()
+        enc = tokens.gpt2_encoding()
         return lambda batch: enc.encode_ordinary_batch(batch), enc.eot_token
     if name == 'bpe':
-        bpe = data.bpe_tokenizer(meta)
+        bpe = tokens.bpe_tokenizer(meta)
         return lambda batch: [e.ids for e in bpe.encode_batch(batch)], meta['eot']
     missing = sorted(set(''.join(texts)) - meta['stoi'].keys())
     if missing:
@@ -115,7 +124,7 @@ def load_hellaswag(path, runtime, meta, vocab_size, limit=0):
     """HellaSwag's examples in the model's tokens (its meta: None for GPT-2 BPE), for hellaswag():
     from path, or the default file (downloaded once). limit keeps the first limit examples (0: all).
     A model of GPT-2's vocabulary is checked first, before any download."""
-    if data.tokenizer_name(meta) == 'gpt2' and vocab_size < GPT2_VOCAB:
+    if tokens.tokenizer_name(meta) == 'gpt2' and vocab_size < GPT2_VOCAB:
         fail(f"HellaSwag needs a model with GPT-2's BPE vocabulary ({GPT2_VOCAB} tokens); this one has {vocab_size}")
     raw = read_hellaswag(hellaswag_path(path, runtime))
     raw = raw[:limit] if limit else raw
@@ -203,14 +212,14 @@ def token_bytes(meta, vocab_size):
     character vocabulary. <|endoftext|> (a document boundary, not text) and unused ids count 0."""
     table = np.zeros(vocab_size, dtype=np.int64)
     if meta is None:
-        enc = data.gpt2_encoding()
+        enc = tokens.gpt2_encoding()
         for i in range(min(enc.n_vocab, vocab_size)):
             if i != enc.eot_token:
                 table[i] = len(enc.decode_single_token_bytes(i))
-    elif data.tokenizer_name(meta) == 'bpe':
+    elif tokens.tokenizer_name(meta) == 'bpe':
         # a byte-level BPE spells each byte as one character: a token's length is its bytes; its
         # special tokens (end-of-text, the chat tokens) spell none
-        bpe = data.bpe_tokenizer(meta)
+        bpe = tokens.bpe_tokenizer(meta)
         special = bpe.get_added_tokens_decoder()
         for i in range(min(bpe.get_vocab_size(), vocab_size)):
             if i not in special:
@@ -226,12 +235,12 @@ def text_tokens(path, meta, max_tokens=0):
     """A UTF-8 text file's token ids (numpy), as the model reads it: GPT-2 BPE after an <|endoftext|>,
     so that the first token is predicted too; or the model's characters, where the first one only
     gives context. max_tokens keeps the first max_tokens (0: all)."""
-    text = data.read_text(path)
-    if data.tokenizer_name(meta) in ('gpt2', 'bpe'):
+    text = download.read_text(path)
+    if tokens.tokenizer_name(meta) in ('gpt2', 'bpe'):
         if meta is None:
-            ids, eot = data.gpt2_encoding().encode_ordinary(text), data.GPT2_EOT
+            ids, eot = tokens.gpt2_encoding().encode_ordinary(text), tokens.GPT2_EOT
         else:
-            ids, eot = data.bpe_tokenizer(meta).encode(text).ids, meta['eot']
+            ids, eot = tokens.bpe_tokenizer(meta).encode(text).ids, meta['eot']
         ids = [eot] + (ids[:max_tokens] if max_tokens else ids)
     else:
         unknown = sorted(set(text) - meta['stoi'].keys())
@@ -253,16 +262,16 @@ def val_tokens(dataset, meta, vocab_size, max_tokens=0):
     dtype = data.token_dtype(dataset_meta)
     if not os.path.exists(path) or os.path.getsize(path) % dtype.itemsize:
         fail(f"{path} is missing or not {dtype} token ids; prepare the dataset first (data/{dataset}/prepare.py)")
-    if not data.same_tokenizer(dataset_meta, meta):
+    if not tokens.same_tokenizer(dataset_meta, meta):
         there = {'gpt2': 'GPT-2 BPE', 'char': 'a character vocabulary', 'bpe': 'a BPE of its own'}
-        fail(f"{data_dir} is tokenised differently from the model ({there[data.tokenizer_name(dataset_meta)]} "
+        fail(f"{data_dir} is tokenised differently from the model ({there[tokens.tokenizer_name(dataset_meta)]} "
              f"there); use the dataset it was trained on, or --text_file")
     stored = np.memmap(path, dtype=dtype, mode='r')
     ids = np.asarray(stored[:max_tokens] if max_tokens else stored).astype(np.int64)
     if ids.size and ids.max() >= vocab_size:
         fail(f"{path} has token ids >= the model's vocab_size ({vocab_size}); it was prepared for another model")
-    if meta is None or data.tokenizer_name(meta) == 'bpe':
-        ids = np.concatenate([[data.gpt2_encoding().eot_token if meta is None else meta['eot']], ids])
+    if meta is None or tokens.tokenizer_name(meta) == 'bpe':
+        ids = np.concatenate([[tokens.gpt2_encoding().eot_token if meta is None else meta['eot']], ids])
     if len(ids) < 2:
         fail(f"{path} is too short to measure")
     return ids

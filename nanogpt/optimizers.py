@@ -7,6 +7,7 @@ the update, which only makes sense for whole 2-D matrices acting on hidden state
 output head, norms and biases stay with AdamW. Both follow train.py's one learning-rate schedule:
 each parameter group carries lr_scale, its peak learning rate over learning_rate.
 """
+import math
 from collections import defaultdict
 
 import torch
@@ -145,3 +146,16 @@ def newton_schulz(X, coefficients, steps, eps):
         gram = X @ X.mT
         X = torch.baddbmm(X, torch.baddbmm(gram, gram, gram, beta=b, alpha=c), X, beta=a)
     return X
+
+
+def learning_rate_at(it, learning_rate, min_lr, warmup_iters, lr_decay_iters, decay_lr=True):
+    """train.py's schedule: linear warmup to learning_rate, cosine decay to min_lr at lr_decay_iters,
+    then min_lr (the original's); decay_lr=False keeps learning_rate throughout."""
+    if not decay_lr:
+        return learning_rate
+    if it < warmup_iters:
+        return learning_rate * (it + 1) / (warmup_iters + 1)
+    if it >= lr_decay_iters:
+        return min_lr
+    progress = (it - warmup_iters) / (lr_decay_iters - warmup_iters)
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (learning_rate - min_lr)

@@ -1,6 +1,7 @@
 """
 What a run tells its user: its log lines, metrics.jsonl and wandb, time estimates, readable
-numbers; and bad input, reported the same way by every script: one line on stderr, exit status 2.
+numbers, a sample as it is generated; and bad input, reported the same way by every script: one
+line on stderr, exit status 2.
 """
 import json
 import math
@@ -59,7 +60,7 @@ class RunLog:
 
 
 def read_metrics(out_dir):
-    """The events MetricsLog wrote to out_dir/metrics.jsonl, oldest first."""
+    """The events RunLog wrote to out_dir/metrics.jsonl, oldest first."""
     with open(os.path.join(out_dir, 'metrics.jsonl')) as f:
         return [json.loads(line) for line in f if line.strip()]
 
@@ -121,3 +122,28 @@ def fail(message, every_rank=False):
         prefix = f"[rank {rank}] " if rank else ''
         print(f"{prefix}{os.path.basename(sys.argv[0])}: error: {message}", file=sys.stderr, flush=True)
     sys.exit(2)
+
+
+def first_line(e):
+    """An exception's message cut to one short line, for a one-line error (its type if it has none)."""
+    return str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+
+
+class TextStream:
+    """Print a sample as its tokens arrive. Each time, decode all the ids so far and print what is
+    new, holding back a trailing incomplete character (a BPE token can end inside one)."""
+
+    def __init__(self, decode, ids, out=None):  # None: sys.stdout as it is now, not at import
+        self.decode, self.ids, self.out, self.shown = decode, list(ids), out or sys.stdout, 0
+        self._show()
+
+    def push(self, token_id):
+        self.ids.append(token_id)
+        self._show()
+
+    def _show(self):
+        text = self.decode(self.ids)
+        if not text.endswith('\ufffd'):
+            self.out.write(text[self.shown:])
+            self.out.flush()
+            self.shown = len(text)

@@ -1,22 +1,13 @@
 """
-Where and how the math runs: the device, the dtype, compile, the CPU's linears, and the peak
-FLOP/s that MFU is measured against.
+Where and how the math runs: the device, the dtype, compile, the CPU's linears.
 """
-import ctypes
-import functools
-import os
-import re
-import resource
-import sys
-import time
 from contextlib import nullcontext
 from types import SimpleNamespace
 
 import torch
 
-from nanogpt import distributed
-from nanogpt.cpu_linears import (check_onednn_setting, onednn_linear, onednn_usable, resolve_onednn,
-                                 use_onednn_linears)
+from nanogpt import distributed, memory
+from nanogpt.cpu_linears import resolve_onednn, use_onednn_linears
 from nanogpt.report import fail
 
 
@@ -84,20 +75,6 @@ def describe_compile():
     return 'compile: {graphs} graphs, {graph_breaks} graph breaks, {recompiles} recompiles'.format(**compile_counts())
 
 
-def keep_freed_memory():
-    """Stop glibc from handing large freed blocks back to the OS. By default each new activation
-    of more than ~128 KB is fresh memory that the kernel zeroes page by page: ~800 page faults a
-    step in the laptop recipe, which slowed its biggest matmuls by a third. CPU-only; a no-op
-    where the C library is not glibc."""
-    try:
-        libc = ctypes.CDLL('libc.so.6')
-        m_trim_threshold, m_mmap_threshold = -1, -3
-        libc.mallopt(m_mmap_threshold, 32 << 20)  # glibc's maximum
-        libc.mallopt(m_trim_threshold, 1 << 30)
-    except (OSError, AttributeError):
-        pass
-
-
 COMPILE_SCOPES = ('auto', 'model', 'blocks')
 
 
@@ -134,20 +111,13 @@ def compile_model(model, wrapped, scope, say=True):
     return wrapped
 
 
-def place_model(model, runtime, rows, backward=True, onednn_choice=None):
-    """model on the runtime's device, its Linear layers in oneDNN where the runtime's onednn setting
-    says so; 'auto' is decided here, for this model at rows rows per step (see cpu_linears.py), and
-    runtime.onednn_speedup keeps what was measured. onednn_choice, a choice made before (the one a
-    resumed run's checkpoint recorded), replaces 'auto' where it still works."""
+def place_model(model, runtime):
+    """model on the runtime's device, its Linear layers in oneDNN where runtime.onednn says so."""
     if runtime.dtype == 'float16' and model.config.mlp == 'relu2':
         # relu(x)^2 passes float16's largest value (65504) once x passes 256, which happens in training
         fail("mlp='relu2' overflows float16 (an activation past 256 squares past 65504); use --dtype=bfloat16 "
              "or --dtype=float32, or --mlp=gelu for float16")
     model.to(runtime.device)
-    if runtime.onednn == 'auto' and onednn_choice is not None:
-        runtime.onednn = bool(onednn_choice) and onednn_usable(runtime.device_type, runtime.dtype, runtime.compile)
-    runtime.onednn, runtime.onednn_speedup = resolve_onednn(runtime.onednn, runtime.device_type, runtime.dtype,
-                                                            runtime.compile, model, rows, backward)
     return use_onednn_linears(model) if runtime.onednn else model
 
 
@@ -159,11 +129,12 @@ def describe_processes(runtime, fsdp=False):
 
 
 def describe_linears(runtime):
-    """For start-up lines: ', oneDNN linears' where they are on, with what 'auto' measured."""
-    if runtime.onednn_speedup is None:
-        return ', oneDNN linears' if runtime.onednn else ''
-    return (f", oneDNN linears (auto: {runtime.onednn_speedup:.2f}x the plain ones here)" if runtime.onednn else
-            f", plain linears (auto: oneDNN measured {runtime.onednn_speedup:.2f}x here)")
+    """For start-up lines on a CPU: which linears run, and for 'auto' the CPU facts that chose them
+    (', oneDNN linears (AMD with AVX-512)'); nothing on a GPU."""
+    if runtime.device_type != 'cpu':
+        return ''
+    why = f" ({runtime.onednn_reason})" if runtime.onednn_reason else ''
+    return f", {'oneDNN' if runtime.onednn else 'plain'} linears{why}"
 
 
 def setup_runtime(device, dtype, compile, backend='auto', seed=1337, onednn='auto'):
@@ -187,7 +158,7 @@ def setup_runtime(device, dtype, compile, backend='auto', seed=1337, onednn='aut
         backend = distributed.join_group(device, backend)
     device_type = torch.device(device).type
     if device_type == 'cpu':
-        keep_freed_memory()
+        memory.keep_freed_memory()
         # Values that decay towards zero (momentum buffers, zero-initialised weights) become denormal
         # floats, which x86 CPUs of both vendors handle in slow microcode: the modern recipe's steps
         # slowed fourfold within 200 iterations without this. Rounding such values to zero changes
@@ -201,6 +172,8 @@ def setup_runtime(device, dtype, compile, backend='auto', seed=1337, onednn='aut
         # deterministic mode it keeps torch's own (ordered) kernel for that; eager CPU kernels are
         # deterministic anyway. GPUs keep their fast atomics (their documented non-determinism).
         torch.use_deterministic_algorithms(True, warn_only=True)
+    # by what the CPU is, never by a timing: the same command on the same machine, the same numbers
+    onednn, onednn_reason = resolve_onednn(onednn, device_type, dtype, compile)
     ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[dtype]
     torch.manual_seed(seed + rank)  # ranks differ in dropout masks
     if device_type == 'cuda':
@@ -209,79 +182,8 @@ def setup_runtime(device, dtype, compile, backend='auto', seed=1337, onednn='aut
     return SimpleNamespace(
         ddp=ddp, rank=rank, local_rank=local_rank, world_size=world_size, master=rank == 0,
         device=device, device_type=device_type, dtype=dtype, ptdtype=ptdtype, backend=backend,
-        compile=compile, onednn=check_onednn_setting(onednn, device_type, dtype, compile), onednn_speedup=None,  # place_model decides 'auto'
+        compile=compile, onednn=onednn, onednn_reason=onednn_reason,
         autocast=nullcontext() if dtype == 'float32' else torch.autocast(device_type, dtype=ptdtype),
     )
 
 
-# dense (no sparsity) peak TFLOPS of common GPUs: (bfloat16/float16 tensor cores, TF32 tensor cores).
-# float32 training uses the TF32 figure, since matmuls run in TF32 here. A key matches whole words of
-# the device's name ("L4" is not "L40"), and the longest match wins ("H100 NVL" over "H100"); None
-# is a GPU whose figure is not known here (no MFU rather than a wrong one).
-GPU_PEAK_TFLOPS = {
-    'H100 PCIe': (756, 378), 'H100 NVL': (835, 418), 'H100': (989, 495), 'H200 NVL': (835, 418), 'H200': (989, 495),
-    'GH200': (989, 495), 'B200': (2250, 1100), 'A100': (312, 156), 'A10G': None, 'A10': (125, 62.5),
-    'L40S': (362, 183), 'L40': (181, 90.5), 'L4': (121, 60), 'RTX 4090': (165, 83), 'RTX 3090': (71, 36),
-    'V100': (125, 15.7), 'T4': (65, 8.1),
-}
-
-
-def cpu_name(default='unknown CPU'):
-    """The CPU's model name as Linux reports it (e.g. 'AMD EPYC'), for the figures' records."""
-    if not os.path.exists('/proc/cpuinfo'):
-        return default
-    with open('/proc/cpuinfo') as f:
-        return next((line.split(':', 1)[1].strip() for line in f if line.startswith('model name')), default)
-
-
-def gpu_peak_tflops(name):
-    """The (bfloat16, TF32) peak of a GPU from its device name, or None for an unknown one."""
-    words = re.split(r'[\s\-_]+', name.upper())
-    matches = [key for key in GPU_PEAK_TFLOPS
-               if any(words[i:i + len(key.split())] == key.upper().split() for i in range(len(words)))]
-    return GPU_PEAK_TFLOPS[max(matches, key=len)] if matches else None
-
-
-def peak_flops(device='cpu', dtype='float32'):
-    """The FLOP/s that MFU is measured against: the table above for GPUs (None for one it does
-    not know), and for a CPU a measured float32 matmul rate."""
-    device_type = torch.device(device).type
-    if device_type == 'cuda':
-        peaks = gpu_peak_tflops(torch.cuda.get_device_name(device))
-        return None if peaks is None else (peaks[1] if dtype == 'float32' else peaks[0]) * 1e12
-    if device_type == 'cpu':
-        return measured_cpu_flops()
-    return None
-
-
-@functools.lru_cache(maxsize=None)
-def measured_cpu_flops(n=1024, seconds=0.1):
-    """The fastest float32 matmul rate this CPU gives torch, MKL's or oneDNN's, with torch's
-    threads (the best single matmul over 0.1 s of each, measured once per process)."""
-    generator = torch.Generator().manual_seed(0)  # not the global RNG: training's random state is untouched
-    a, b = torch.randn(n, n, generator=generator), torch.randn(n, n, generator=generator)
-    matmuls = [lambda: a @ b]
-    if onednn_usable('cpu', 'float32'):
-        matmuls.append(lambda: onednn_linear(a, b))
-    rates = []
-    for matmul in matmuls:
-        matmul()  # warm up
-        start = time.perf_counter()
-        while time.perf_counter() - start < seconds:
-            t = time.perf_counter()
-            matmul()
-            rates.append(2 * n ** 3 / (time.perf_counter() - t))
-    return max(rates)
-
-
-def peak_memory_gb(runtime):
-    """This process's peak resident memory in GB and, on CUDA, the most memory torch held on the GPU."""
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == 'darwin' else 1024)
-    gpu = torch.cuda.max_memory_allocated(runtime.device) if runtime.device_type == 'cuda' else None
-    return {'peak_rss_gb': round(rss / 2**30, 3), 'peak_gpu_gb': None if gpu is None else round(gpu / 2**30, 3)}
-
-
-def peak_memory(runtime):
-    peak = peak_memory_gb(runtime)
-    return f"peak memory {peak['peak_rss_gb']:.2f} GB" + \
-        (f" (GPU {peak['peak_gpu_gb']:.2f} GB)" if peak['peak_gpu_gb'] is not None else '')

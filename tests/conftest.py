@@ -50,8 +50,8 @@ def _bpe_available():
 needs_bpe = pytest.mark.skipif(not _bpe_available(), reason="GPT-2 BPE files: neither ../shared/data/tiktoken_cache "
                                                              "nor network to download them")
 
-# a model of a few thousand parameters that trains in seconds on a CPU; plain linears, as onednn='auto'
-# picks for one this small, without the half second of timing both (tests/test_onednn.py times them)
+# a model of a few thousand parameters that trains in seconds on a CPU; plain linears whatever this CPU's
+# rule says (tests/test_onednn.py), so that every machine runs the same numbers
 TINY_MODEL = ['--n_layer=2', '--n_head=2', '--n_embd=16', '--block_size=16', '--batch_size=4',
               '--gradient_accumulation_steps=1', '--device=cpu', '--compile=False', '--dropout=0.0',
               '--bias=False', '--eval_iters=2', '--learning_rate=3e-3', '--warmup_iters=2', '--onednn=False']
@@ -75,29 +75,26 @@ def sample_text(n_chars=30_000):
     return '\n'.join(lines)[:n_chars]
 
 
-def _env(extra=None):
-    env = dict(STARTING_ENVIRONMENT, PYTHONUNBUFFERED='1', WANDB_MODE='offline', WANDB_SILENT='true',
-               HF_HUB_OFFLINE='1', HF_DATASETS_OFFLINE='1', TRANSFORMERS_VERBOSITY='error')
-    env.update(extra or {})
-    return env
+def script_env(extra=None):
+    """The environment of a script the tests start: offline, unbuffered, plus extra."""
+    return {**STARTING_ENVIRONMENT, 'PYTHONUNBUFFERED': '1', 'WANDB_MODE': 'offline', 'WANDB_SILENT': 'true',
+            'HF_HUB_OFFLINE': '1', 'HF_DATASETS_OFFLINE': '1', 'TRANSFORMERS_VERBOSITY': 'error', **(extra or {})}
 
 
-def _run(command, cwd, env, timeout, popen_args):
-    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=_env(env),
-                          **popen_args)
-
-
-def _run_script(script, *args, cwd, expect=0, env=None, timeout=240, **popen_args):
-    result = _run([sys.executable, str(REPO / script), *map(str, args)], cwd, env, timeout, popen_args)
+def run_script(script, *args, cwd, expect=0, env=None, timeout=240, torchrun=None, **popen_args):
+    """python script args (or torchrun with the options torchrun) in cwd, in a process of its own; fails the
+    test on an exit status other than expect (None: any); other keywords go to subprocess.run."""
+    python = [sys.executable, '-m', 'torch.distributed.run', *torchrun] if torchrun else [sys.executable]
+    result = subprocess.run([*python, str(REPO / script), *map(str, args)], cwd=cwd, capture_output=True, text=True,
+                            timeout=timeout, env=script_env(env), **popen_args)
     if expect is not None:
         assert result.returncode == expect, f"exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     return result
 
 
-def run_torchrun(*command, cwd, env=None, timeout=240, options=('--standalone', '--nproc_per_node=2'), **popen_args):
-    """torchrun with options (by default 2 processes on this machine) on command (a script and its arguments), in cwd."""
-    return _run([sys.executable, '-m', 'torch.distributed.run', *options, *map(str, command)], cwd, env, timeout,
-                popen_args)
+def run_torchrun(script, *args, cwd, options=('--standalone', '--nproc_per_node=2'), **kwargs):
+    """torchrun with options (by default 2 processes on this machine) on a script, any exit status."""
+    return run_script(script, *args, cwd=cwd, torchrun=options, **{'expect': None, **kwargs})
 
 
 def train_losses(out_dir):
@@ -124,33 +121,31 @@ def random_hf_gpt2(path, vocab_size=100, n_positions=64, activation='gelu_new', 
 
 @pytest.fixture
 def run(tmp_path):
-    """run('train.py', '--max_iters=5', ...): the script from the repo, in tmp_path, in a process of its own.
-    Fails the test on an exit status other than expect (None: any); other keywords go to subprocess.run."""
-    def _run(script, *args, cwd=None, **kwargs):
-        return _run_script(script, *args, cwd=cwd or tmp_path, **kwargs)
-    return _run
+    """run('train.py', '--max_iters=5', ...): run_script in tmp_path (unless cwd= says otherwise)."""
+    return lambda script, *args, cwd=None, **kwargs: run_script(script, *args, cwd=cwd or tmp_path, **kwargs)
 
 
 @pytest.fixture(scope='session')
-def _prepared(tmp_path_factory):
+def prepared_data(tmp_path_factory):
+    """A character-level dataset (data/tiny), prepared once per session by the real prepare.py."""
     folder = tmp_path_factory.mktemp('prepared')
     (folder / 'input.txt').write_text(sample_text(), encoding='utf-8')
-    _run_script('data/shakespeare_char/prepare.py', '--input_file=input.txt', '--out_dir=data/tiny', cwd=folder)
+    run_script('data/shakespeare_char/prepare.py', '--input_file=input.txt', '--out_dir=data/tiny', cwd=folder)
     return folder / 'data' / 'tiny'
 
 
 @pytest.fixture
-def char_data(tmp_path, _prepared):
-    """A character-level dataset in tmp_path/data/tiny, prepared (once per session) by the real prepare.py."""
-    shutil.copytree(_prepared, tmp_path / 'data' / 'tiny')
+def char_data(tmp_path, prepared_data):
+    """tmp_path/data/tiny: a copy of prepared_data."""
+    shutil.copytree(prepared_data, tmp_path / 'data' / 'tiny')
     return tmp_path / 'data' / 'tiny'
 
 
 @pytest.fixture(scope='session')
-def _trained(tmp_path_factory, _prepared):
+def _trained(tmp_path_factory, prepared_data):
     folder = tmp_path_factory.mktemp('trained')
-    shutil.copytree(_prepared, folder / 'data' / 'tiny')
-    _run_script('train.py', '--dataset=tiny', '--out_dir=out', '--max_iters=30', '--eval_interval=10',
+    shutil.copytree(prepared_data, folder / 'data' / 'tiny')
+    run_script('train.py', '--dataset=tiny', '--out_dir=out', '--max_iters=30', '--eval_interval=10',
                 '--log_interval=1', *TINY_MODEL, cwd=folder)
     return folder / 'out'
 
@@ -163,7 +158,8 @@ def trained(tmp_path, char_data, _trained):
 
 
 def load_script(relative_path):
-    """A script of the repo as a module, without running it: its work is under __main__."""
+    """A script of the repo imported as a module: its top-level code runs in this process (a prepare
+    script's work waits under __main__; sample.py and plot.py do theirs, with the sys.argv they find)."""
     spec = importlib.util.spec_from_file_location(relative_path.replace('/', '_')[:-3], REPO / relative_path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from nanogpt import runtime
+from nanogpt import flops
 from model import GPT, GPTConfig
 
 TINY_BENCH = ['--n_layer=2', '--n_head=2', '--n_embd=16', '--block_size=16', '--batch_size=4', '--device=cpu',
@@ -19,7 +19,8 @@ def test_bench_training_step_reports_median_tokens_and_mfu(run, tmp_path):
     out = run('bench.py', *TINY_BENCH).stdout
     record = results(tmp_path)[0]
     assert record['bench'] == 'train' and record['device'] == 'cpu' and record['median_ms'] > 0
-    assert abs(record['tokens_per_s'] - 4 * 16 / (record['median_ms'] / 1000)) <= 0.01 * record['tokens_per_s']
+    # tokens/s is rounded to a whole number, median_ms to a microsecond
+    assert abs(record['tokens_per_s'] - 4 * 16 / (record['median_ms'] / 1000)) <= 0.5 + 0.01 * record['tokens_per_s']
     assert 0 < record['mfu'] < 1 and record['peak_tflops'] > 0  # against this CPU's measured matmul rate
     assert 'median' in out and 'MFU' in out
 
@@ -54,27 +55,27 @@ def test_bench_generate_times_the_compiled_step_apart(run, tmp_path):
 
 def test_peak_table(monkeypatch):
     monkeypatch.setattr(torch.cuda, 'get_device_name', lambda device=None: 'NVIDIA H100 80GB HBM3')
-    assert runtime.peak_flops('cuda', 'bfloat16') == 989e12 and runtime.peak_flops('cuda', 'float32') == 495e12
+    assert flops.peak_flops('cuda', 'bfloat16') == 989e12 and flops.peak_flops('cuda', 'float32') == 495e12
     monkeypatch.setattr(torch.cuda, 'get_device_name', lambda device=None: 'NVIDIA A100-SXM4-40GB')
-    assert runtime.peak_flops('cuda', 'bfloat16') == 312e12
+    assert flops.peak_flops('cuda', 'bfloat16') == 312e12
     monkeypatch.setattr(torch.cuda, 'get_device_name', lambda device=None: 'NVIDIA H100 PCIe')
-    assert runtime.peak_flops('cuda', 'float16') == 756e12
+    assert flops.peak_flops('cuda', 'float16') == 756e12
     monkeypatch.setattr(torch.cuda, 'get_device_name', lambda device=None: 'NVIDIA A10G')
-    assert runtime.peak_flops('cuda', 'bfloat16') is None  # not the A10's figure
+    assert flops.peak_flops('cuda', 'bfloat16') is None  # not the A10's figure
     monkeypatch.setattr(torch.cuda, 'get_device_name', lambda device=None: 'Some Future GPU')
-    assert runtime.peak_flops('cuda', 'bfloat16') is None
+    assert flops.peak_flops('cuda', 'bfloat16') is None
     # whole words, the longest name that matches: an L40 is no L4, an H200 NVL no H200 SXM
-    assert runtime.gpu_peak_tflops('NVIDIA L40') == (181, 90.5) and runtime.gpu_peak_tflops('NVIDIA L4') == (121, 60)
-    assert runtime.gpu_peak_tflops('NVIDIA H200 NVL') == (835, 418) and runtime.gpu_peak_tflops('NVIDIA H200')[0] == 989
-    assert runtime.gpu_peak_tflops('Tesla V100-SXM2-16GB') == (125, 15.7)
+    assert flops.gpu_peak_tflops('NVIDIA L40') == (181, 90.5) and flops.gpu_peak_tflops('NVIDIA L4') == (121, 60)
+    assert flops.gpu_peak_tflops('NVIDIA H200 NVL') == (835, 418) and flops.gpu_peak_tflops('NVIDIA H200')[0] == 989
+    assert flops.gpu_peak_tflops('Tesla V100-SXM2-16GB') == (125, 15.7)
 
 
 def test_cpu_peak_is_the_faster_library():
     model = GPT(GPTConfig(n_layer=1, n_head=1, n_embd=8, block_size=8, vocab_size=10))
-    flops = model.flops_per_token() * 8 * 2
-    peak = runtime.peak_flops('cpu')
-    assert peak == runtime.measured_cpu_flops() > 1e9
-    assert model.estimate_mfu(2, 1.0, peak) == flops / peak
+    step_flops = model.flops_per_token() * 8 * 2
+    peak = flops.peak_flops('cpu')
+    assert peak == flops.measured_cpu_flops() > 1e9
+    assert model.estimate_mfu(2, 1.0, peak) == step_flops / peak
 
 
 def test_step_parts_splits_the_classic_and_modern_steps(run, tmp_path):
@@ -82,7 +83,7 @@ def test_step_parts_splits_the_classic_and_modern_steps(run, tmp_path):
               '--batch_size=2', '--rounds=5', '--muon_ns_steps=2', '--results_file=results.jsonl').stdout
     record = results(tmp_path)[0]
     classic, modern = record['medians_ms']['classic'], record['medians_ms']['modern']
-    assert record['muon_ns_steps'] == 2 and classic['Muon'] < 0.01 < modern['Muon']  # only the modern step has Muon
-    for parts in (classic, modern):  # the parts add up to the step, which is timed as a whole
-        assert abs(sum(v for part, v in parts.items() if part != 'step') - parts['step']) < 0.2 * parts['step']
+    assert record['muon_ns_steps'] == 2 and 'Muon' not in classic and modern['Muon'] > 0  # only the modern step has Muon
+    for parts in (classic, modern):  # each part is inside the step, round by round, so its median is no larger
+        assert 0 < parts['forward+backward'] and all(value <= parts['step'] for value in parts.values())
     assert '| forward+backward |' in out and '| step |' in out

@@ -1,6 +1,7 @@
 """DDP with torchrun on the CPU (gloo): one machine, and two "machines" on loopback."""
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -9,10 +10,13 @@ import sys
 import pytest
 import torch
 
-from conftest import REPO, TINY_MODEL, _env, run_torchrun
+from conftest import REPO, TINY_MODEL, script_env, run_torchrun
+from nanogpt import settings
 
 DDP_RUN = ['--dataset=tiny', '--out_dir=out', '--max_iters=30', '--eval_interval=15', '--log_interval=5',
            *TINY_MODEL, '--gradient_accumulation_steps=2']
+# with dropout, each rank's own random state must be saved and restored for a resume to be exact
+EXACT_RUN = [*DDP_RUN, '--dropout=0.1', '--always_save_checkpoint=True', '--eval_interval=10']
 
 
 def torchrun(tmp_path, *args):
@@ -25,18 +29,27 @@ def free_port():
         return s.getsockname()[1]
 
 
-def test_two_processes_on_one_machine(tmp_path, char_data):
-    logs = tmp_path / 'logs'
-    result = run_torchrun(REPO / 'train.py', *DDP_RUN, cwd=tmp_path,
-                          options=['--standalone', '--nproc_per_node=2', f'--log-dir={logs}', '--redirects=3', '--tee=3'])
+@pytest.fixture(scope='session')  # not module: the slow tests go first (conftest), away from this module's others
+def ddp_run(tmp_path_factory, prepared_data):
+    """(folder, result): train.py under torchrun, 2 processes for 30 iterations, each rank's output also
+    in folder/logs."""
+    folder = tmp_path_factory.mktemp('ddp')
+    shutil.copytree(prepared_data, folder / 'data' / 'tiny')
+    result = run_torchrun(REPO / 'train.py', *EXACT_RUN, cwd=folder, options=[
+        '--standalone', '--nproc_per_node=2', f'--log-dir={folder / "logs"}', '--redirects=3', '--tee=3'])
     assert result.returncode == 0, result.stderr[-3000:]
+    return folder, result
+
+
+def test_two_processes_on_one_machine(ddp_run):
+    folder, result = ddp_run
     assert 'weights identical on all 2 ranks' in result.stdout
     assert '2 processes (DDP, gloo)' in result.stdout  # gloo chosen for the CPU
     # rank 0 alone logs and writes the checkpoint; rank 1 trains silently
-    rank_logs = {path.parent.name: path.read_text() for path in logs.rglob('stdout.log')}
+    rank_logs = {path.parent.name: path.read_text() for path in (folder / 'logs').rglob('stdout.log')}
     assert 'saved out/ckpt.pt' in rank_logs['0'] and rank_logs['1'].strip() == ''
-    assert sorted(p.name for p in (tmp_path / 'out').iterdir()) == ['ckpt.pt', 'metrics.jsonl']
-    evals = [json.loads(l) for l in (tmp_path / 'out' / 'metrics.jsonl').read_text().splitlines()
+    assert sorted(p.name for p in (folder / 'out').iterdir()) == ['ckpt.pt', 'metrics.jsonl']
+    evals = [json.loads(l) for l in (folder / 'out' / 'metrics.jsonl').read_text().splitlines()
              if '"eval"' in l]
     assert evals[-1]['val_loss'] < evals[0]['val_loss'] - 0.3  # loss goes down
     assert '128 tokens per iteration' in result.stdout  # 4 x 16 x (1 micro-step x 2 ranks)
@@ -46,7 +59,7 @@ def test_two_nodes_on_loopback(tmp_path, char_data):
     port = free_port()
     nodes = [subprocess.Popen(torchrun(tmp_path, '--nnodes=2', f'--node_rank={rank}', '--nproc_per_node=1',
                                        '--master_addr=127.0.0.1', f'--master_port={port}') + DDP_RUN,
-                              cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+                              cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=script_env())
              for rank in (0, 1)]
     outputs = [node.communicate(timeout=240) for node in nodes]
     for node, (out, err) in zip(nodes, outputs):
@@ -55,18 +68,22 @@ def test_two_nodes_on_loopback(tmp_path, char_data):
     assert (tmp_path / 'out' / 'ckpt.pt').exists()
 
 
-def test_accumulation_steps_must_divide_by_world_size(tmp_path, char_data):
-    result = run_torchrun(REPO / 'train.py', *DDP_RUN, '--gradient_accumulation_steps=3', cwd=tmp_path)
-    assert result.returncode != 0
-    message = 'gradient_accumulation_steps (3) must be divisible by the number of DDP processes (2)'
-    assert result.stderr.count(message) == 1  # said once, by rank 0
+def test_accumulation_steps_must_divide_by_world_size(refused, monkeypatch, capsys):
+    settings.check_world_size(40, 8, fsdp=False)  # 5 micro-steps each
+    monkeypatch.setenv('RANK', '0')
+    with refused('gradient_accumulation_steps (3) must be divisible by the number of DDP processes (2)'):
+        settings.check_world_size(3, 2, fsdp=False)
+    monkeypatch.setenv('RANK', '1')  # every rank finds the mistake and stops; rank 0 alone says it
+    with pytest.raises(SystemExit) as stop:
+        settings.check_world_size(3, 2, fsdp=False)
+    assert stop.value.code == 2 and capsys.readouterr().err == ''
 
 
 def test_ctrl_c_under_torchrun_saves_the_latest_state(tmp_path, char_data):
     # a terminal's Ctrl-C reaches torchrun and every worker: the process group gets SIGINT
     proc = subprocess.Popen(torchrun(tmp_path, '--standalone', '--nproc_per_node=2') + DDP_RUN
                             + ['--max_iters=100000', '--eval_interval=100000', '--always_save_checkpoint=False'],
-                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=script_env(),
                             start_new_session=True)
     for line in proc.stdout:
         if 'iter 50/' in line:
@@ -78,15 +95,12 @@ def test_ctrl_c_under_torchrun_saves_the_latest_state(tmp_path, char_data):
 
 
 @pytest.mark.slow
-def test_resume_under_ddp_is_exact(tmp_path, char_data):
-    # each rank's own random state (dropout) is saved and restored
+def test_resume_under_ddp_is_exact(tmp_path, char_data, ddp_run):
     def torchrun_train(*args):
-        result = run_torchrun(REPO / 'train.py', *DDP_RUN, '--dropout=0.1', '--always_save_checkpoint=True',
-                              '--eval_interval=10', *args, cwd=tmp_path)
+        result = run_torchrun(REPO / 'train.py', *EXACT_RUN, '--out_dir=split', *args, cwd=tmp_path)
         assert result.returncode == 0, result.stderr[-3000:]
-    torchrun_train('--out_dir=straight', '--max_iters=20')
-    torchrun_train('--out_dir=split', '--max_iters=10')
-    torchrun_train('--out_dir=split', '--max_iters=20', '--init_from=resume')
-    straight = torch.load(tmp_path / 'straight' / 'ckpt.pt', weights_only=True)['model']
+    torchrun_train('--max_iters=10')
+    torchrun_train('--init_from=resume')  # on to DDP_RUN's 30, as ddp_run went straight
+    straight = torch.load(ddp_run[0] / 'out' / 'ckpt.pt', weights_only=True)['model']
     split = torch.load(tmp_path / 'split' / 'ckpt.pt', weights_only=True)['model']
     assert all(torch.equal(straight[k], split[k]) for k in straight)

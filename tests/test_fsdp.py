@@ -6,8 +6,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from nanogpt import distributed
-from conftest import REPO, TINY_MODEL, assert_one_line_error, run_torchrun, train_losses
+from nanogpt import distributed, models, settings
+from conftest import REPO, TINY_MODEL, run_torchrun, train_losses
 
 # 2 micro-steps per rank (gradients accumulate unreduced between them), and a clip low enough to
 # act on every step, so that the norm over all shards is what decides each update
@@ -26,7 +26,7 @@ def load(path):
 
 
 @pytest.mark.slow
-def test_fsdp_trains_like_ddp_resumes_exactly_and_saves_one_process_checkpoints(run, tmp_path, char_data):
+def test_fsdp_trains_like_ddp_resumes_exactly_and_saves_one_process_checkpoints(tmp_path, char_data, monkeypatch):
     torchrun(tmp_path, '--out_dir=ddp', '--max_iters=20')
     # FSDP: DDP's losses, and a step that never waits for the device
     fsdp = torchrun(tmp_path, '--fsdp=True', '--out_dir=fsdp', '--max_iters=20',
@@ -70,14 +70,17 @@ def test_fsdp_trains_like_ddp_resumes_exactly_and_saves_one_process_checkpoints(
     moved = load(tmp_path / 'moved' / 'ckpt.pt')
     assert moved['iter_num'] == 22
     assert all(state['step'] == 22 for state in moved['optimizer']['state'].values())  # AdamW went on from 20
-    sample = run('sample.py', '--out_dir=moved', '--device=cpu', '--num_samples=1', '--max_new_tokens=20')
-    assert len(sample.stdout) > 20
+    monkeypatch.chdir(tmp_path)
+    model, meta, name = models.inference_model('resume', 'moved')  # as sample.py --out_dir=moved loads it
+    assert name == 'moved/ckpt.pt (iteration 22)' and meta['vocab_size'] == model.config.vocab_size
+    assert model.eval().generate(torch.zeros((1, 1), dtype=torch.long), max_new_tokens=20).shape == (1, 21)
 
 
-def test_fsdp_without_torchrun_is_a_one_line_error(run, char_data):
-    result = run('train.py', '--dataset=tiny', *TINY_MODEL, '--fsdp=True', expect=2)
-    assert_one_line_error(result, "--fsdp=True shards the model across torchrun's processes",
-                          'torchrun --standalone --nproc_per_node=N')
+def test_fsdp_without_torchrun_is_a_one_line_error(refused, monkeypatch):
+    monkeypatch.delenv('RANK', raising=False)  # one process, as python train.py starts it
+    with refused("--fsdp=True shards the model across torchrun's processes",
+                 'torchrun --standalone --nproc_per_node=N'):
+        distributed.check_fsdp_setting(True, 'cpu')
 
 
 @pytest.mark.parametrize('device, optimizer, onednn, message', [
@@ -85,13 +88,16 @@ def test_fsdp_without_torchrun_is_a_one_line_error(run, char_data):
     ('cuda', 'muon', 'auto', "--fsdp=True works with optimizer='adamw' only: muon needs whole weight matrices"),
     ('cpu', 'adamw', True, "--fsdp=True runs PyTorch's own linear layers, not oneDNN's"),
 ])
-def test_fsdp_refuses_what_it_cannot_do(monkeypatch, capsys, device, optimizer, onednn, message):
+def test_fsdp_refuses_what_it_cannot_do(monkeypatch, refused, device, optimizer, onednn, message):
     monkeypatch.setenv('RANK', '0')  # as under torchrun
-    with pytest.raises(SystemExit) as exit_:
+    with refused(message):
         distributed.check_fsdp_setting(True, device, optimizer, onednn)
-    assert exit_.value.code == 2
-    error = capsys.readouterr().err.strip()
-    assert len(error.splitlines()) == 1 and message in error
+
+
+def test_fsdp_shares_out_the_micro_steps_evenly(refused):
+    settings.check_world_size(4, 2, fsdp=True)
+    with refused('gradient_accumulation_steps (3) must be divisible by the number of FSDP processes (2)'):
+        settings.check_world_size(3, 2, fsdp=True)
 
 
 def test_fsdp_refuses_float16(capsys):

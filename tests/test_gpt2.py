@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from conftest import SHAKESPEARE, needs_bpe, random_hf_gpt2, sample_text
-from model import GPT
+from model import GPT, GPTConfig
+from nanogpt import data, models, tokens
 
 transformers = pytest.importorskip('transformers')
 
@@ -43,11 +44,21 @@ def test_from_pretrained_exact_gelu_and_overrides(tmp_path):
         GPT.from_pretrained('gpt3')
 
 
-def test_export_round_trip(run, trained, tmp_path):
-    result = run('export_hf.py', '--out_dir=out', '--export_dir=exported')
-    assert 'exported out/ckpt.pt' in result.stdout
+def sample_from(init_from, start, max_new_tokens):
+    """What `sample.py --init_from=... --start=... --num_samples=1` samples, in this process."""
+    torch.manual_seed(1337)
+    model, meta, _ = models.inference_model(init_from, out_dir=None)
+    encode, decode = tokens.load_tokenizer(meta)  # GPT-2 BPE where the folder has no meta.pkl
+    generated = model.eval().generate(torch.tensor([encode(start)]), max_new_tokens, temperature=0.8, top_k=200)
+    return decode(generated[0].tolist())
+
+
+def test_export_round_trip(trained, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    models.export_hf('out/ckpt.pt', 'exported')  # what export_hf.py --out_dir=out --export_dir=exported does
+    assert 'exported out/ckpt.pt' in capsys.readouterr().out
     checkpoint = torch.load(trained / 'ckpt.pt', weights_only=True)
-    ours = GPT(__import__('model').GPTConfig(**checkpoint['model_args'])).eval()
+    ours = GPT(GPTConfig(**checkpoint['model_args'])).eval()
     ours.load_state_dict(checkpoint['model'])
     hf_model = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / 'exported').eval()
     idx = torch.randint(checkpoint['model_args']['vocab_size'], (2, 16))
@@ -57,8 +68,8 @@ def test_export_round_trip(run, trained, tmp_path):
         assert (our_logits(back, idx) - our_logits(ours, idx)).abs().max().item() <= 1e-5
     # the character vocabulary travels along, so sampling from the exported folder decodes right
     assert pickle.loads((tmp_path / 'exported' / 'meta.pkl').read_bytes()) == checkpoint['meta']
-    text = run('sample.py', '--init_from=exported', '--num_samples=1', '--max_new_tokens=20', '--start=the').stdout
-    assert text.startswith('the') and len(text.split('\n---------------')[0]) == 23
+    text = sample_from('exported', 'the', max_new_tokens=20)
+    assert text.startswith('the') and len(text) == 23
 
 
 @needs_bpe
@@ -86,8 +97,9 @@ def test_prepare_shakespeare_bpe_counts(run):
 @pytest.mark.slow
 @needs_bpe
 def test_finetune_a_pretrained_model_then_resume_and_sample(run, tmp_path):
-    (tmp_path / 'small.txt').write_text(sample_text(20_000))
-    run('data/shakespeare/prepare.py', '--input_file=small.txt', '--out_dir=data/bpe')
+    # GPT-2 BPE data as data/shakespeare/prepare.py writes it (tested above): no meta.pkl
+    text, enc = sample_text(20_000), tokens.gpt2_encoding()
+    data.write_bins(str(tmp_path / 'data' / 'bpe'), enc.encode_ordinary(text[:18_000]), enc.encode_ordinary(text[18_000:]))
     random_hf_gpt2(tmp_path / 'pretrained', vocab_size=50257, scale=1.0)
     # the model's shape comes from the pretrained model; block_size may shrink it
     run('train.py', '--dataset=bpe', '--init_from=pretrained', '--block_size=32', '--batch_size=4', '--max_iters=6',
@@ -101,11 +113,13 @@ def test_finetune_a_pretrained_model_then_resume_and_sample(run, tmp_path):
     # no meta.pkl anywhere: sample.py decodes with GPT-2 BPE
     text = run('sample.py', '--out_dir=ft', '--num_samples=1', '--max_new_tokens=10', '--start=ROMEO:').stdout
     assert text.startswith('ROMEO:')
-    text = run('sample.py', '--init_from=pretrained', '--num_samples=1', '--max_new_tokens=10', '--start=Hi').stdout
-    assert text.startswith('Hi')
+    assert sample_from(str(tmp_path / 'pretrained'), 'Hi', max_new_tokens=10).startswith('Hi')
 
 
-def test_pretrained_shape_cannot_be_overridden(run, tmp_path, char_data):
+def test_pretrained_shape_cannot_be_overridden(refused, tmp_path):
     random_hf_gpt2(tmp_path / 'pretrained', vocab_size=100)
-    result = run('train.py', '--dataset=tiny', '--init_from=pretrained', '--n_layer=5', '--device=cpu', expect=2)
-    assert 'pretrained has n_layer=2, not 5' in result.stderr
+    model = models.pretrained_model(str(tmp_path / 'pretrained'))
+    # what train.py --init_from=pretrained checks of the settings given: block_size may crop, n_layer may not
+    models.check_overrides(model, {'block_size': 32}, {'block_size'}, pretrained='pretrained')
+    with refused('pretrained has n_layer=2, not 5'):
+        models.check_overrides(model, {'n_layer': 5}, {'n_layer'}, pretrained='pretrained')

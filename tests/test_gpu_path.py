@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from nanogpt import runtime
-from conftest import REPO, TINY_MODEL, _env, assert_one_line_error, run_torchrun
+from conftest import REPO, TINY_MODEL, script_env, assert_one_line_error, run_torchrun
 
 COUNT_SYNCS = str(REPO / 'benchmarks' / 'count_syncs.py')
 
@@ -94,7 +94,7 @@ def test_gpu_check_runs_its_steps_on_a_cpu(tmp_path, char_data):
     result = subprocess.run(['bash', str(REPO / 'benchmarks' / 'gpu_check.sh'), '--device=cpu', '--tiny=True',
                              '--iters=10', '--full=True', f'--out_root={tmp_path / "runs"}', '--report_dir=report'],
                             cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                            env=_env({'PYTHON': sys.executable}))
+                            env=script_env({'PYTHON': sys.executable}))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert '\nenvironment: torch ' in result.stdout
     assert sorted(path.name for path in (tmp_path / 'report').iterdir()) == ['log.txt', 'results.jsonl', 'table.md']

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 import model
-from nanogpt import optimizers
-from conftest import REPO, TINY_MODEL, _env, assert_one_line_error, run_torchrun
+from configurator import configure
+from nanogpt import checkpoints, models, optimizers, report
+from conftest import REPO, TINY_MODEL, script_env, run_torchrun
 from model import GPT, MODERN_DEFAULTS, GPTConfig, KVCache
 
 BEFORE_THE_MODERN_RECIPE = '4ae0f4d'  # the last commit without it
@@ -27,7 +28,7 @@ def test_with_every_new_setting_off_training_is_bit_identical_to_before(run, tmp
     subprocess.run(['tar', '-x', '-C', str(old)], input=archive.stdout, check=True)
     args = ['--dataset=tiny', *TINY_MODEL, '--max_iters=50', '--eval_interval=50']
     subprocess.run([sys.executable, str(old / 'train.py'), *args, '--out_dir=before'], cwd=tmp_path,
-                   capture_output=True, timeout=120, env=_env(), check=True)
+                   capture_output=True, timeout=120, env=script_env(), check=True)
     run('train.py', *args, '--out_dir=now')
     before, now = (torch.load(tmp_path / name / 'ckpt.pt', weights_only=True) for name in ('before', 'now'))
     assert before['model'].keys() == now['model'].keys()
@@ -39,10 +40,11 @@ def test_with_every_new_setting_off_training_is_bit_identical_to_before(run, tmp
 
 
 @pytest.mark.slow
-def test_a_modern_model_trains_resumes_exactly_samples_and_benches(run, tmp_path, char_data):
+def test_a_modern_model_trains_resumes_exactly_samples_and_benches(run, refused, tmp_path, char_data):
     args = ['--dataset=tiny', *MODERN, *TINY_MODEL, '--eval_interval=10', '--always_save_checkpoint=True',
             '--muon_ns_steps=4']
-    run('train.py', *args, '--max_iters=20', '--out_dir=straight')
+    out = run('train.py', *args, '--max_iters=20', '--out_dir=straight').stdout
+    assert 'modern: rotary, norm=rmsnorm, qk_norm, mlp=relu2, untied head, zero init; optimizer: muon' in out
     run('train.py', *args, '--max_iters=10', '--out_dir=split')
     result = run('train.py', *args, '--max_iters=20', '--out_dir=split', '--init_from=resume')
     assert 'done: 20 iterations' in result.stdout
@@ -58,10 +60,17 @@ def test_a_modern_model_trains_resumes_exactly_samples_and_benches(run, tmp_path
     with pytest.raises(TypeError):
         original_config(**straight['model_args'])
     # sampling past the context window (16): with the KV cache and without, the same tokens
-    samples = [run('sample.py', '--out_dir=straight', '--num_samples=2', '--max_new_tokens=40', '--start=the',
-                   f'--kv_cache={cache}').stdout for cache in (True, False)]
-    assert samples[0] == samples[1] and samples[0].startswith('the')
-    assert_one_line_error(run('export_hf.py', '--out_dir=straight', expect=None), 'modern-recipe model', 'sample.py')
+    text = run('sample.py', '--out_dir=straight', '--num_samples=2', '--max_new_tokens=40', '--start=the').stdout
+    assert text.startswith('the') and text.count('\n---------------\n') == 2
+    gpt, _, _ = models.inference_model('resume', str(tmp_path / 'straight'))
+    prompt = torch.randint(gpt.config.vocab_size, (2, 3))
+
+    def sampled(use_cache):  # as sample.py samples: its temperature, top_k and slide_to
+        torch.manual_seed(0)
+        return gpt.eval().generate(prompt, 40, temperature=0.8, top_k=200, use_cache=use_cache, slide_to=8)
+    assert torch.equal(sampled(use_cache=True), sampled(use_cache=False))
+    with refused('modern-recipe model', 'sample.py'):
+        models.export_hf(str(tmp_path / 'straight' / 'ckpt.pt'), str(tmp_path / 'hf'))
     # bench.py times the modern step, with the FLOPs of the model it built
     run('bench.py', *MODERN, *TINY_MODEL[:5], '--vocab_size=65', '--bench_iters=2', '--warmup_iters=1',
         '--results_file=bench.jsonl')
@@ -76,14 +85,19 @@ def test_muon_under_ddp_keeps_every_rank_identical(tmp_path, char_data):
     assert 'weights identical on all 2 ranks' in result.stdout
 
 
-def test_resuming_with_another_optimizer_is_a_one_line_error(run, trained):
-    result = run('train.py', '--dataset=tiny', '--init_from=resume', '--optimizer=muon', '--max_iters=40',
-                 '--device=cpu', expect=None)
-    assert_one_line_error(result, 'resume with --optimizer=adamw')
-    for bad, says in (('--norm=batchnorm', 'norm takes layernorm'), ('--optimizer=sgd', 'adamw or muon'),
-                      ('--optimizer=muon --muon_ns_steps=0', 'muon_ns_steps takes a whole number')):
-        result = run('train.py', '--dataset=tiny', *TINY_MODEL, *bad.split(), '--out_dir=new', expect=None)
-        assert_one_line_error(result, says)
+def test_resuming_with_another_optimizer_is_a_one_line_error(refused, trained):
+    # what train.py --init_from=resume --optimizer=muon does with a checkpoint trained with AdamW
+    checkpoint = checkpoints.load_checkpoint(str(trained / 'ckpt.pt'))
+    gpt = models.model_from_checkpoint(checkpoint, str(trained / 'ckpt.pt'))
+    muon = optimizers.configure(gpt, 'muon', 0.1, 1e-3, (0.9, 0.95), 'cpu')
+    with refused('resume with --optimizer=adamw'):
+        checkpoints.load_training_state(checkpoint, gpt, muon, torch.amp.GradScaler('cpu', enabled=False), 'muon')
+    with pytest.raises(ValueError, match='norm takes layernorm'):  # train.py says it in one line (test_bad_input.py)
+        GPT(GPTConfig(norm='batchnorm'))
+    with refused('adamw or muon'):
+        optimizers.configure(gpt, 'sgd', 0.1, 1e-3, (0.9, 0.95), 'cpu')
+    with refused('muon_ns_steps takes a whole number'):
+        optimizers.configure(gpt, 'muon', 0.1, 1e-3, (0.9, 0.95), 'cpu', muon_ns_steps=0)
 
 
 @pytest.mark.parametrize('choice', [dict(rotary=True), dict(norm='rmsnorm'), dict(norm='rmsnorm_free'),
@@ -192,8 +206,12 @@ def test_muon_and_adamw_under_a_grad_scaler_never_read_found_inf_on_the_host(mon
     assert not torch.equal(matrix, before[0]) and not torch.equal(embedding, before[1])  # both stepped
 
 
-def test_modern_config_is_a_switch_over_any_recipe(run, char_data):
-    out = run('train.py', str(REPO / 'config' / 'train_shakespeare_char_cpu.py'), *MODERN, '--dataset=tiny',
-              '--max_iters=0', '--eval_only=True', '--out_dir=out').stdout
-    assert 'modern: rotary, norm=rmsnorm, qk_norm, mlp=relu2, untied head, zero init' in out
-    assert 'optimizer: muon' in out
+def test_modern_config_is_a_switch_over_any_recipe():
+    # train.py's settings that the two config files touch, as train.py reads its command line
+    settings = dict(MODERN_DEFAULTS, optimizer='adamw', n_layer=12, learning_rate=6e-4, __file__=str(REPO / 'train.py'))
+    configure(settings, [str(REPO / 'config' / 'train_shakespeare_char_cpu.py'), *MODERN], echo=None,
+              lenient_files=True)
+    assert settings['n_layer'] == 4 and settings['learning_rate'] == 1e-3  # the recipe's
+    gpt_config = GPTConfig(**{k: settings[k] for k in MODERN_DEFAULTS})
+    assert report.describe_choices(gpt_config) == 'rotary, norm=rmsnorm, qk_norm, mlp=relu2, untied head, zero init'
+    assert settings['optimizer'] == 'muon'

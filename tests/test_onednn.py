@@ -1,12 +1,15 @@
-"""oneDNN linears on the CPU: nn.Linear's numbers (outputs and all gradients), faster matmuls."""
+"""oneDNN linears on the CPU: nn.Linear's numbers (outputs and all gradients), and the rule on what
+the CPU is that turns them on."""
 import copy
+import os
 import re
+from types import SimpleNamespace
 
 import pytest
 import torch
 
-from nanogpt import cpu_linears
-from conftest import TINY_MODEL, assert_one_line_error
+from nanogpt import cpu_linears, runtime
+from conftest import TINY_MODEL
 from model import GPT, GPTConfig
 
 needs_onednn = pytest.mark.skipif(not cpu_linears.onednn_usable('cpu', 'float32'),
@@ -77,43 +80,111 @@ def test_a_gpt_trains_the_same_with_onednn_linears():
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
-@needs_onednn
-def test_train_measures_which_linears_are_faster_and_can_be_told(run, char_data):
-    runs = {setting: run('train.py', '--dataset=tiny', *TINY_MODEL, '--max_iters=2', '--eval_interval=2',
-                         f'--out_dir={setting}', f'--onednn={setting}').stdout
-            for setting in ('auto', 'True', 'False')}
-    runs = {setting: next(line for line in out.splitlines() if line.startswith('device ')) for setting, out in runs.items()}
-    speedup = float(re.search(r'auto: (?:oneDNN measured )?([\d.]+)x', runs['auto']).group(1))
-    assert ('oneDNN linears' in runs['auto']) == (speedup >= cpu_linears.ONEDNN_MARGIN)
-    assert runs['True'].endswith('oneDNN linears') and 'oneDNN' not in runs['False']
+# /proc/cpuinfo as four machines write it (the first processor of each, flags cut to the telling ones)
+AMD_EPYC_ZEN4 = """processor\t: 0
+vendor_id\t: AuthenticAMD
+cpu family\t: 25
+model name\t: AMD EPYC 9R14
+flags\t\t: fpu sse2 avx fma avx2 avx512f avx512dq avx512ifma avx512cd avx512bw avx512vl avx512_bf16 avx512_vnni
+
+processor\t: 1
+vendor_id\t: AuthenticAMD
+"""
+AMD_EPYC_ZEN3 = """processor\t: 0
+vendor_id\t: AuthenticAMD
+model name\t: AMD EPYC 7R13 Processor
+flags\t\t: fpu sse2 avx fma avx2 vaes vpclmulqdq
+"""
+INTEL_XEON = """processor\t: 0
+vendor_id\t: GenuineIntel
+model name\t: Intel(R) Xeon(R) Platinum 8488C
+flags\t\t: fpu sse2 avx fma avx2 avx512f avx512dq avx512cd avx512bw avx512vl avx512_bf16 avx512_fp16 amx_tile
+"""
+ARM_GRAVITON3 = """processor\t: 0
+BogoMIPS\t: 2100.00
+Features\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics sve bf16
+CPU implementer\t: 0x41
+"""
 
 
-def test_auto_takes_onednn_only_where_it_is_clearly_faster(monkeypatch):
-    # the rule, on the times an AMD EPYC (MKL runs AVX2 there) and an Intel Xeon (MKL runs AVX-512) gave
-    assert cpu_linears.prefer_onednn(plain_seconds=25.0, onednn_seconds=12.0)  # AMD: twice as fast
-    assert not cpu_linears.prefer_onednn(plain_seconds=35.4, onednn_seconds=46.0)  # Intel: slower
-    assert not cpu_linears.prefer_onednn(plain_seconds=10.3, onednn_seconds=10.0)  # a gain within the noise
-    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=65))
-    # explicit settings are taken as given, and no GPU is measured
-    monkeypatch.setattr(cpu_linears, 'time_linears', None)
-    assert cpu_linears.resolve_onednn(False, 'cpu', 'float32', False, model, 64) == (False, None)
-    assert cpu_linears.resolve_onednn('auto', 'cuda', 'float32', False, model, 64) == (False, None)
-    monkeypatch.setattr(cpu_linears, 'onednn_usable', lambda *args: True)
-    for plain, fast, expected in ((2.0, 1.0, True), (1.0, 1.0, False), (1.0, 1.3, False)):
-        monkeypatch.setattr(cpu_linears, 'time_linears', lambda shapes, rows, use_onednn, backward: fast if use_onednn else plain)
-        assert cpu_linears.resolve_onednn('auto', 'cpu', 'float32', False, model, 64) == (expected, plain / fast)
+@pytest.mark.parametrize('cpuinfo, facts, linears, why', [
+    (AMD_EPYC_ZEN4, ('AuthenticAMD', True), 'oneDNN', 'AMD with AVX-512'),  # MKL keeps to AVX2 on AMD
+    (INTEL_XEON, ('GenuineIntel', True), 'plain', 'Intel with AVX-512'),  # MKL runs AVX-512 on Intel
+    (AMD_EPYC_ZEN3, ('AuthenticAMD', False), 'plain', 'AMD without AVX-512'),  # both libraries run AVX2
+    (ARM_GRAVITON3, (None, False), 'plain', 'CPU vendor unknown'),
+])
+def test_the_rule_takes_onednn_on_amd_with_avx512_only(monkeypatch, tmp_path, cpuinfo, facts, linears, why):
+    assert cpu_linears.read_cpuinfo(cpuinfo) == facts
+    assert cpu_linears.onednn_pays(*facts) == (linears == 'oneDNN')
+    (tmp_path / 'cpuinfo').write_text(cpuinfo)
+    monkeypatch.setattr(cpu_linears, 'CPUINFO', str(tmp_path / 'cpuinfo'))
+    pretend_onednn_runs(monkeypatch)
+    use, reason = cpu_linears.resolve_onednn('auto', 'cpu', 'float32', False)
+    assert describe(use, reason) == f", {linears} linears ({why})"
 
 
-def test_timing_the_linears_leaves_the_random_state_alone():
-    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=65))
-    before = torch.get_rng_state()
-    assert cpu_linears.time_linears(cpu_linears.linear_shapes(model), 64, False) > 0
-    assert torch.equal(torch.get_rng_state(), before)
-    assert sorted(cpu_linears.linear_shapes(model)) == [(16, 16, True, 1), (16, 48, True, 1), (16, 64, True, 1),
-                                                   (16, 65, False, 1), (64, 16, True, 1)]
+def pretend_onednn_runs(monkeypatch, machine='x86_64'):
+    monkeypatch.setattr(cpu_linears.platform, 'machine', lambda: machine)
+    monkeypatch.setattr(torch.backends.mkldnn, 'is_available', lambda: True)
 
 
-def test_onednn_settings_that_cannot_work_are_one_line_errors(run, char_data):
-    for bad, says in (('--onednn=maybe', 'auto, True or False'), ('--onednn=True --dtype=bfloat16', 'float32')):
-        assert_one_line_error(run('train.py', '--dataset=tiny', *TINY_MODEL, *bad.split(), '--max_iters=1', expect=None),
-                              says)
+def describe(use, reason, device_type='cpu'):
+    """The start-up line's part for a runtime that setup_runtime gave these."""
+    return runtime.describe_linears(SimpleNamespace(device_type=device_type, onednn=use, onednn_reason=reason))
+
+
+def test_auto_is_plain_where_onednn_cannot_run_and_explicit_settings_are_taken(monkeypatch):
+    monkeypatch.setattr(cpu_linears, 'cpu_facts', lambda: cpu_linears.CpuFacts('AuthenticAMD', True))
+    pretend_onednn_runs(monkeypatch)
+    for device_type, dtype, compile in (('cpu', 'float16', False), ('cpu', 'bfloat16', False),
+                                        ('cpu', 'float32', True), ('cuda', 'float32', False)):
+        assert cpu_linears.resolve_onednn('auto', device_type, dtype, compile) == (False, None)
+    assert describe(False, None, 'cuda') == ''  # a GPU's start-up line says nothing of CPU linears
+    assert cpu_linears.resolve_onednn(False, 'cpu', 'float32', False) == (False, None)
+    assert cpu_linears.resolve_onednn(True, 'cpu', 'float32', False) == (True, None)
+    assert describe(True, None) == ', oneDNN linears' and describe(False, None) == ', plain linears'
+    pretend_onednn_runs(monkeypatch, machine='aarch64')  # an ARM CPU: no oneDNN linears, whoever made it
+    assert cpu_linears.resolve_onednn('auto', 'cpu', 'float32', False) == (False, None)
+
+
+def test_without_proc_cpuinfo_the_vendor_comes_from_windows_or_stays_unknown(monkeypatch, tmp_path):
+    monkeypatch.setattr(cpu_linears, 'CPUINFO', str(tmp_path / 'none'))
+    monkeypatch.setenv('PROCESSOR_IDENTIFIER', 'AMD64 Family 25 Model 97 Stepping 2, AuthenticAMD')
+    avx512 = torch.backends.cpu.get_cpu_capability() == 'AVX512'
+    assert cpu_linears.cpu_facts() == ('AuthenticAMD', avx512)
+    monkeypatch.delenv('PROCESSOR_IDENTIFIER')  # a Mac
+    assert cpu_linears.cpu_facts() == (None, avx512) and not cpu_linears.onednn_pays(*cpu_linears.cpu_facts())
+
+
+@pytest.mark.skipif(not os.path.exists('/proc/cpuinfo'), reason="reads this machine's /proc/cpuinfo (Linux)")
+def test_this_machine_reads_as_its_model_name_and_torch_say():
+    with open('/proc/cpuinfo') as f:
+        model_name = re.search(r'^model name\s*:(.*)$', f.read(), re.MULTILINE)
+    vendor, avx512 = cpu_linears.cpu_facts()
+    if model_name and ('AMD' in model_name[1]) != ('Intel' in model_name[1]):  # not a hypervisor's made-up name
+        assert vendor == ('AuthenticAMD' if 'AMD' in model_name[1] else 'GenuineIntel'), model_name[1]
+    if 'ATEN_CPU_CAPABILITY' not in os.environ:  # torch's own detection, unless told to run less
+        assert avx512 == (torch.backends.cpu.get_cpu_capability() == 'AVX512')
+
+
+def test_settings_that_cannot_work_are_one_line_errors(monkeypatch, refused):
+    with refused('--onednn takes auto, True or False', "'maybe'"):
+        cpu_linears.resolve_onednn('maybe', 'cpu', 'float32', False)
+    pretend_onednn_runs(monkeypatch)
+    for dtype, compile in (('bfloat16', False), ('float32', True)):
+        with refused('--onednn=True needs an x86-64 CPU, --dtype=float32, --compile=False', 'use --onednn=auto'):
+            cpu_linears.resolve_onednn(True, 'cpu', dtype, compile)
+    pretend_onednn_runs(monkeypatch, machine='aarch64')
+    with refused('--onednn=True needs an x86-64 CPU'):
+        cpu_linears.resolve_onednn(True, 'cpu', 'float32', False)
+
+
+def test_a_resumed_run_follows_the_rule_not_the_choice_its_checkpoint_recorded(run, trained):
+    # checkpoints no longer record the choice; an older one that did still resumes, on this machine's path
+    use, reason = cpu_linears.resolve_onednn('auto', 'cpu', 'float32', False)
+    checkpoint = torch.load(trained / 'ckpt.pt', weights_only=False)
+    assert 'onednn' not in checkpoint
+    torch.save({**checkpoint, 'onednn': not use}, trained / 'ckpt.pt')
+    out = run('train.py', '--dataset=tiny', *TINY_MODEL, '--onednn=auto', '--init_from=resume', '--out_dir=out',
+              f'--max_iters={checkpoint["iter_num"] + 2}').stdout
+    assert next(line for line in out.splitlines() if line.startswith('device ')).endswith(describe(use, reason))

@@ -1,6 +1,8 @@
 """Never lose a run: exact resume, atomic checkpoints, clean stops on signals, non-finite loss, a full
 disk, one run per out_dir."""
+import atexit
 import json
+import os
 import re
 import resource
 import signal
@@ -8,9 +10,11 @@ import socket
 import subprocess
 import sys
 
+import pytest
 import torch
 
-from conftest import REPO, TINY_MODEL, _env, assert_one_line_error, run_torchrun, train_losses
+from conftest import REPO, TINY_MODEL, script_env, assert_one_line_error, run_torchrun, train_losses
+from nanogpt import out_dirs
 from nanogpt.report import read_metrics
 
 RUN = ['--dataset=tiny', *TINY_MODEL, '--dropout=0.1', '--eval_interval=10', '--log_interval=1']
@@ -19,9 +23,11 @@ RUN = ['--dataset=tiny', *TINY_MODEL, '--dropout=0.1', '--eval_interval=10', '--
 def test_resume_is_exact(run, tmp_path, char_data):
     run('train.py', *RUN, '--out_dir=straight', '--max_iters=20', '--always_save_checkpoint=True')
     run('train.py', *RUN, '--out_dir=split', '--max_iters=10', '--always_save_checkpoint=True')
+    assert not (tmp_path / 'split' / 'train.lock').exists()  # a finished run leaves no lock to take over
     result = run('train.py', *RUN, '--out_dir=split', '--max_iters=20', '--always_save_checkpoint=True',
                  '--init_from=resume', '--learning_rate=3e-3')
     assert 'settings changed since the checkpoint: max_iters 10 -> 20' in result.stdout
+    assert 'taking over' not in result.stdout and not (tmp_path / 'split' / 'train.lock').exists()
     # the same losses, to the last bit, and the same final weights, dropout and all
     assert train_losses(tmp_path / 'straight') == train_losses(tmp_path / 'split')
     straight = torch.load(tmp_path / 'straight' / 'ckpt.pt', weights_only=True)
@@ -31,14 +37,18 @@ def test_resume_is_exact(run, tmp_path, char_data):
         assert torch.equal(tensor, split['model'][name]), name
 
 
-def test_resume_with_changed_shape_is_an_error(run, trained):
+def test_a_refused_resume_leaves_the_out_dir_as_it_was(run, trained):
+    # refused after train.py took out_dir's lock: the lock goes, the checkpoint and the record stay
+    before = {name: (trained / name).read_bytes() for name in ('ckpt.pt', 'metrics.jsonl')}
     result = run('train.py', '--dataset=tiny', '--init_from=resume', '--n_layer=3', '--device=cpu', expect=2)
-    assert 'cannot resume with n_layer=3: the checkpoint in out has n_layer=2' in result.stderr
+    assert_one_line_error(result, 'cannot resume with n_layer=3: the checkpoint in out has n_layer=2')
+    assert {name: (trained / name).read_bytes() for name in before} == before
+    assert not (trained / 'train.lock').exists()
 
 
 def start_training(tmp_path, *args):
     return subprocess.Popen([sys.executable, str(REPO / 'train.py'), *RUN, '--max_iters=100000', *args],
-                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=script_env())
 
 
 def wait_for(stream, text):
@@ -64,14 +74,6 @@ def test_ctrl_c_saves_and_resume_continues(run, tmp_path, char_data):
     assert f'resuming from out/last.pt at iteration {stopped_at}' in result.stdout
     assert not (tmp_path / 'out' / 'last.pt').exists()
     assert torch.load(tmp_path / 'out' / 'ckpt.pt', weights_only=True)['iter_num'] == stopped_at + 5
-
-
-def test_sigterm_with_always_save_writes_ckpt(tmp_path, char_data):
-    proc = start_training(tmp_path, '--always_save_checkpoint=True', '--eval_interval=1000')
-    wait_for(proc.stdout, 'iter 10/')
-    proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=60)
-    assert proc.returncode == 128 + signal.SIGTERM and 'saved out/ckpt.pt' in out
 
 
 def test_second_ctrl_c_aborts_at_once(tmp_path, char_data):
@@ -110,8 +112,8 @@ checkpoints.save_checkpoint({{'model': {{}}, 'model_args': {{}}, 'iter_num': 2}}
 def test_non_finite_loss_stops_and_keeps_the_good_checkpoint(run, trained):
     before = (trained / 'ckpt.pt').read_bytes()
     result = run('train.py', '--dataset=tiny', '--init_from=resume', '--max_iters=60', '--device=cpu',
-                 '--learning_rate=1e30', '--decay_lr=False', '--grad_clip=0.0', '--eval_interval=1000',
-                 '--always_save_checkpoint=True', expect=1)
+                 '--batch_size=4', '--gradient_accumulation_steps=1', '--learning_rate=1e30', '--decay_lr=False',
+                 '--grad_clip=0.0', '--eval_interval=1000', '--always_save_checkpoint=True', expect=1)
     message = result.stderr.strip().splitlines()[-1]
     assert 'the loss became non-finite at iteration ' in message
     assert 'Last good checkpoint: out/ckpt.pt (iteration 30)' in message
@@ -169,52 +171,61 @@ def test_full_disk_under_torchrun_stops_every_rank(trained):
     assert torch.load(trained / 'ckpt.pt', weights_only=True)['iter_num'] == 30
 
 
-def test_second_run_into_a_busy_out_dir_is_refused(run, tmp_path, char_data):
+def test_second_run_into_a_busy_out_dir_is_refused_and_sigterm_saves(run, tmp_path, char_data):
     first = start_training(tmp_path, '--always_save_checkpoint=True', '--eval_interval=1000')
     try:
         wait_for(first.stdout, 'iter 5/')
         lock = json.loads((tmp_path / 'out' / 'train.lock').read_text())
         assert (lock['pid'], lock['host']) == (first.pid, socket.gethostname())
-        for extra in ([], ['--eval_only=True'], ['--init_from=resume']):
-            result = run('train.py', *RUN, '--max_iters=5', *extra, expect=2)
-            assert_one_line_error(result, f"out_dir out is in use by another run (pid {first.pid} on host "
-                                          f"{socket.gethostname()}, started {lock['started']})",
-                                  'delete out/train.lock')
+        # even a run that only reads out_dir's checkpoint: evaluating it, the first run could replace it
+        result = run('train.py', *RUN, '--max_iters=5', '--init_from=resume', '--eval_only=True', expect=2)
+        assert_one_line_error(result, f"out_dir out is in use by another run (pid {first.pid} on host "
+                                      f"{socket.gethostname()}, started {lock['started']})", 'delete out/train.lock')
         assert 1 in train_losses(tmp_path / 'out')  # the first run's record was not started anew
     finally:
         first.send_signal(signal.SIGTERM)
         out, _ = first.communicate(timeout=60)
+    # SIGTERM (a scheduler's stop) with always_save_checkpoint: the latest state in ckpt.pt
     assert first.returncode == 128 + signal.SIGTERM and 'saved out/ckpt.pt' in out
     assert not (tmp_path / 'out' / 'train.lock').exists()
 
 
-def test_a_dead_runs_lock_is_taken_over(run, tmp_path, char_data):
+@pytest.fixture
+def exit_handlers(monkeypatch):
+    """What lock_out_dir leaves for the interpreter's exit, kept here instead: a test calls them to exit."""
+    handlers = []
+    monkeypatch.setattr(atexit, 'register', lambda function, *args: handlers.append(lambda: function(*args)))
+    return handlers
+
+
+def write_lock(out_dir, pid, host):
+    out_dir.mkdir()
+    (out_dir / out_dirs.LOCK_NAME).write_text(json.dumps({'pid': pid, 'host': host, 'started': '2026-01-02 03:04:05'}))
+
+
+def test_a_dead_runs_lock_is_taken_over(tmp_path, monkeypatch, capsys, exit_handlers):
     dead_pid = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'],
                               capture_output=True, text=True, check=True).stdout.strip()  # run() waited: it is gone
-    (tmp_path / 'out').mkdir()
-    (tmp_path / 'out' / 'train.lock').write_text(json.dumps(
-        {'pid': int(dead_pid), 'host': socket.gethostname(), 'started': '2026-01-02 03:04:05'}))
-    result = run('train.py', *RUN, '--max_iters=5')
-    assert (f"taking over out/train.lock: the run that left it (pid {dead_pid}, started 2026-01-02 03:04:05) is gone"
-            in result.stdout)
-    assert not (tmp_path / 'out' / 'train.lock').exists()
-
-
-def test_a_lock_from_another_host_is_refused(run, tmp_path, char_data):
-    (tmp_path / 'out').mkdir()
-    (tmp_path / 'out' / 'train.lock').write_text(json.dumps(
-        {'pid': 1234, 'host': 'elsewhere', 'started': '2026-01-02 03:04:05'}))
-    result = run('train.py', *RUN, '--max_iters=5', expect=2)
-    assert_one_line_error(result, "(pid 1234 on host elsewhere, started 2026-01-02 03:04:05)",
-                          "or delete out/train.lock if that run is gone")
-
-
-def test_finished_and_failed_runs_leave_no_lock(run, tmp_path, char_data):
+    monkeypatch.chdir(tmp_path)
+    write_lock(tmp_path / 'out', int(dead_pid), socket.gethostname())
     lock = tmp_path / 'out' / 'train.lock'
-    run('train.py', *RUN, '--max_iters=10')
+    assert out_dirs.lock_out_dir('out') == 'out/train.lock'
+    assert (f"taking over out/train.lock: the run that left it (pid {dead_pid}, started 2026-01-02 03:04:05) is gone"
+            in capsys.readouterr().out)
+    assert json.loads(lock.read_text())['pid'] == os.getpid()
+    for handler in exit_handlers:  # this run exits
+        handler()
     assert not lock.exists()
-    run('train.py', *RUN, '--max_iters=15', '--init_from=resume')  # the finished run's lock does not block it
-    assert not lock.exists()
-    # an error found after the lock was taken
-    run('train.py', *RUN, '--init_from=resume', '--n_layer=3', expect=2)
-    assert not lock.exists()
+
+
+def test_a_live_runs_lock_and_one_from_another_host_are_refused(refused, tmp_path, monkeypatch, exit_handlers):
+    monkeypatch.chdir(tmp_path)
+    write_lock(tmp_path / 'here', os.getppid(), socket.gethostname())  # the process that started this one
+    with refused(f"out_dir here is in use by another run (pid {os.getppid()} on host {socket.gethostname()}, "
+                 f"started 2026-01-02 03:04:05)", "or delete here/train.lock if that run is gone"):
+        out_dirs.lock_out_dir('here')
+    write_lock(tmp_path / 'out', 1234, 'elsewhere')  # whether pid 1234 is alive there cannot be seen from here
+    with refused("(pid 1234 on host elsewhere, started 2026-01-02 03:04:05)",
+                 "or delete out/train.lock if that run is gone"):
+        out_dirs.lock_out_dir('out')
+    assert (tmp_path / 'out' / 'train.lock').exists() and not exit_handlers

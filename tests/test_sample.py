@@ -1,9 +1,12 @@
-"""sample.py on a tiny trained model, run as a user would."""
+"""sample.py on a tiny trained model: its command line as a user runs it, and the functions it
+samples with (nanogpt.models.inference_model, nanogpt.tokens.load_tokenizer, GPT.generate)."""
+import sys
+
 import pytest
 import torch
 
-from nanogpt import checkpoints
-from conftest import assert_one_line_error
+from nanogpt import data, models, runtime, tokens
+from conftest import assert_one_line_error, load_script
 
 
 def samples(stdout):
@@ -11,9 +14,19 @@ def samples(stdout):
     return stdout.split('\n---------------\n')[:-1]
 
 
-def test_sample_decodes_with_the_training_vocabulary(run, trained):
-    result = run('sample.py', '--out_dir=out', '--num_samples=3', '--max_new_tokens=50', '--start=the king')
-    texts = samples(result.stdout)
+def sample_texts(out_dir, start, num_samples, max_new_tokens, seed=1337):
+    """What `sample.py --out_dir=... --start=... --num_samples=... --seed=...` samples, in this process:
+    the checkpoint's model and tokenizer, its default temperature and top_k, on the CPU."""
+    runtime.setup_runtime('cpu', 'float32', False, seed=seed, onednn=False)
+    model, meta, _ = models.inference_model('resume', str(out_dir))
+    encode, decode = tokens.load_tokenizer(meta)
+    prompt = torch.tensor([encode(start)])
+    generated = model.eval().generate(prompt.expand(num_samples, -1), max_new_tokens, temperature=0.8, top_k=200)
+    return [decode(ids.tolist()) for ids in generated]
+
+
+def test_sample_decodes_with_the_training_vocabulary(trained):
+    texts = sample_texts(trained, 'the king', num_samples=3, max_new_tokens=50)
     assert len(texts) == 3
     vocab = set(torch.load(trained / 'ckpt.pt', weights_only=True)['meta']['stoi'])
     for text in texts:
@@ -21,35 +34,43 @@ def test_sample_decodes_with_the_training_vocabulary(run, trained):
         assert set(text) <= vocab
 
 
-def test_sample_is_reproducible_with_a_seed(run, trained):
-    args = ['--out_dir=out', '--num_samples=1', '--max_new_tokens=30']
-    first = run('sample.py', *args, '--seed=7').stdout
-    assert first == run('sample.py', *args, '--seed=7').stdout
-    assert first != run('sample.py', *args, '--seed=8').stdout
+def test_sample_is_reproducible_with_a_seed(trained):
+    first = sample_texts(trained, '\n', num_samples=1, max_new_tokens=30, seed=7)
+    assert first == sample_texts(trained, '\n', num_samples=1, max_new_tokens=30, seed=7)
+    assert first != sample_texts(trained, '\n', num_samples=1, max_new_tokens=30, seed=8)
 
 
-def test_sample_prompt_from_file(run, trained, tmp_path):
+def test_sample_command_line_prompt_from_a_file_and_a_seed(run, trained, tmp_path):
     (tmp_path / 'prompt.txt').write_text('my lord\n')
-    text = samples(run('sample.py', '--out_dir=out', '--num_samples=1', '--max_new_tokens=5',
-                       '--start=FILE:prompt.txt').stdout)[0]
-    assert text.startswith('my lord\n')
+    args = ['--out_dir=out', '--num_samples=1', '--max_new_tokens=30', '--start=FILE:prompt.txt', '--seed=7']
+    first = run('sample.py', *args).stdout
+    assert first == run('sample.py', *args).stdout
+    [text] = samples(first)
+    assert text.startswith('my lord\n') and len(text) == len('my lord\n') + 30
 
 
-def test_sample_uses_meta_pkl_for_checkpoints_without_a_vocabulary(run, trained, tmp_path):
-    # the original's checkpoints name their dataset; its meta.pkl holds the vocabulary
+def test_sample_uses_meta_pkl_for_checkpoints_without_a_vocabulary(trained, tmp_path, monkeypatch):
+    # the original's checkpoints name their dataset; its meta.pkl (in data/, where sample.py runs) holds the vocabulary
     checkpoint = torch.load(trained / 'ckpt.pt', weights_only=True)
     del checkpoint['meta']
     torch.save(checkpoint, trained / 'ckpt.pt')
-    assert len(samples(run('sample.py', '--out_dir=out', '--num_samples=2', '--max_new_tokens=5').stdout)) == 2
+    monkeypatch.chdir(tmp_path)
+    _, meta, _ = models.inference_model('resume', 'out')
+    assert meta == data.read_meta(str(tmp_path / 'data' / 'tiny' / 'meta.pkl'))
+    assert len(sample_texts('out', 'the', num_samples=2, max_new_tokens=5)) == 2
 
 
-def test_sample_bad_input(run, trained):
-    assert_one_line_error(run('sample.py', '--out_dir=nowhere', expect=None), 'no checkpoint at nowhere/ckpt.pt')
-    assert_one_line_error(run('sample.py', '--out_dir=out', '--temperature=0', expect=None), 'temperature')
-    assert_one_line_error(run('sample.py', '--out_dir=out', '--top_k=0', expect=None), 'top_k')
-    assert_one_line_error(run('sample.py', '--out_dir=out', '--start=FILE:missing.txt', expect=None), 'missing.txt')
-    assert_one_line_error(run('sample.py', '--out_dir=out', '--compile=True', '--kv_cache=False', expect=None),
-                          '--kv_cache=True')
+def test_sample_bad_input(refused, trained, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with refused('no checkpoint at nowhere/ckpt.pt'):
+        models.inference_model('resume', 'nowhere')
+    # sample.py's checks of its command line, which stop it before it touches a model: sample.py works
+    # at the top level, so loading it in this process runs it, sys.argv its command line
+    for args, says in ((['--temperature=0'], 'sample.py: error: --temperature'), (['--top_k=0'], 'top_k'),
+                       (['--start=FILE:missing.txt'], 'missing.txt')):
+        monkeypatch.setattr(sys, 'argv', ['sample.py', '--out_dir=out', *args])
+        with refused(says):
+            load_script('sample.py')
 
 
 @pytest.mark.slow
@@ -62,6 +83,9 @@ def test_compiled_decode_compiles_once_and_gives_the_eager_tokens(run, trained):
     assert compiled.stdout == eager.stdout and len(samples(compiled.stdout)) == 2
     assert compiled.stderr.strip().splitlines()[-1] == 'compile: 1 graphs, 0 graph breaks, 0 recompiles'
     assert 'compile:' not in eager.stderr
+    # what is compiled is the KV cache's step: without the cache there is nothing to compile
+    assert_one_line_error(run('sample.py', '--out_dir=out', '--compile=True', '--kv_cache=False', expect=None),
+                          '--kv_cache=True')
 
 
 def test_sample_and_eval_read_a_checkpoints_weights_on_the_cpu(trained, monkeypatch):
@@ -69,7 +93,7 @@ def test_sample_and_eval_read_a_checkpoints_weights_on_the_cpu(trained, monkeypa
     # copied to a GPU; the caller moves the model alone
     loads, load = [], torch.load
     monkeypatch.setattr(torch, 'load', lambda *args, **kwargs: loads.append(kwargs) or load(*args, **kwargs))
-    gpt, meta, name = checkpoints.inference_model('resume', str(trained))
+    gpt, meta, name = models.inference_model('resume', str(trained))
     assert [(k['map_location'], k['mmap']) for k in loads] == [('cpu', True)]
     assert {p.device.type for p in gpt.parameters()} == {'cpu'} and meta['vocab_size'] == gpt.config.vocab_size
     assert 'ckpt.pt (iteration ' in name

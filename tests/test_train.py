@@ -1,10 +1,50 @@
-"""train.py run as a user would: tiny data, a tiny model, a few dozen iterations on the CPU."""
+"""train.py run as a user would: tiny data, a tiny model, a few dozen iterations on the CPU; and what
+it checks and computes, called as it calls it."""
 import math
+import shutil
 
+import pytest
 import torch
 
-from conftest import TINY_MODEL, assert_one_line_error
+from conftest import TINY_MODEL, run_script
+from nanogpt import settings
+from nanogpt.optimizers import learning_rate_at
 from nanogpt.report import read_metrics
+
+
+def wandb_offline(folder):
+    return {'WANDB_MODE': 'offline', 'WANDB_DIR': str(folder)}
+
+
+@pytest.fixture(scope='module')
+def high_lr_run(tmp_path_factory, prepared_data):
+    """(folder, stdout) of one train.py run: 30 iterations at a learning rate high enough for val loss to
+    climb, evaluated and checkpointed every 5, logged to wandb offline."""
+    folder = tmp_path_factory.mktemp('high_lr')
+    shutil.copytree(prepared_data, folder / 'data' / 'tiny')
+    result = run_script('train.py', '--dataset=tiny', *TINY_MODEL, '--max_iters=30', '--eval_interval=5',
+                         '--always_save_checkpoint=True', '--learning_rate=0.5', '--decay_lr=False',
+                         '--grad_clip=0.0', '--wandb_log=True', '--wandb_project=test', cwd=folder,
+                         env=wandb_offline(folder))
+    return folder, result.stdout
+
+
+@pytest.fixture(scope='module')
+def resumed_run(tmp_path_factory, high_lr_run):
+    """(folder, stdout): a copy of high_lr_run's folder, resumed to 40 iterations; the model's shape
+    comes from the checkpoint, the learning rate from train.py's defaults."""
+    folder = tmp_path_factory.mktemp('resumed')
+    shutil.copytree(high_lr_run[0], folder, dirs_exist_ok=True)
+    result = run_script('train.py', '--dataset=tiny', '--init_from=resume', '--max_iters=40', '--eval_interval=10',
+                         '--batch_size=4', '--gradient_accumulation_steps=1', '--eval_iters=2', '--device=cpu',
+                         '--compile=False', '--onednn=False', '--wandb_log=True', '--wandb_project=test', cwd=folder,
+                         env=wandb_offline(folder))
+    return folder, result.stdout
+
+
+def logged_lrs(out_dir):
+    """{iteration: the learning rate of the step that reached it}."""
+    return {e['iter']: e['lr'] for e in read_metrics(out_dir) if e['event'] == 'train'}
 
 
 def test_train_learns_and_writes_an_original_style_checkpoint(trained):
@@ -24,45 +64,48 @@ def test_exactly_max_iters_optimizer_steps(trained):
     assert steps == list(range(1, 31))  # log_interval=1: one line per optimizer step, no more
 
 
-def test_log_line_has_iter_loss_lr_speed(run, char_data):
-    out = run('train.py', '--dataset=tiny', '--max_iters=4', '--eval_interval=100', *TINY_MODEL).stdout
-    line = [l for l in out.splitlines() if l.startswith('iter 4/4')][0]
+def test_log_line_has_iter_loss_lr_speed(high_lr_run):
+    line = [l for l in high_lr_run[1].splitlines() if l.startswith('iter 30/30')][0]
     for field in ('loss ', 'lr ', 'ms/iter', 'tok/s', 'mfu ', 'eta'):  # mfu: against this CPU's measured peak
         assert field in line
 
 
-def test_lr_schedule_warmup_then_cosine_to_min_lr(run, tmp_path, char_data):
-    run('train.py', '--dataset=tiny', '--max_iters=12', '--eval_interval=100', '--log_interval=1', *TINY_MODEL,
-        '--learning_rate=1.0', '--min_lr=0.1', '--warmup_iters=3', '--lr_decay_iters=9')
-    lrs = [e['lr'] for e in read_metrics(tmp_path / 'out') if e['event'] == 'train']
+def test_lr_schedule_warmup_then_cosine_to_min_lr(trained):
+    lrs = [learning_rate_at(it, 1.0, 0.1, warmup_iters=3, lr_decay_iters=9) for it in range(12)]
     # warmup: lr * (it + 1) / (warmup + 1); cosine from it=3 to it=9; min_lr after
     cosine = [0.1 + 0.45 * (1 + math.cos(math.pi * k / 6)) for k in range(7)]
     expected = [0.25, 0.5, 0.75] + cosine + [0.1, 0.1]
-    assert len(lrs) == 12
-    for got, want in zip(lrs, expected):
+    for got, want in zip(lrs, expected, strict=True):
         assert abs(got - want) < 1e-9
+    # train.py follows it: the trained fixture's settings (TINY_MODEL's, train.py's defaults)
+    for it, lr in logged_lrs(trained).items():
+        assert lr == learning_rate_at(it - 1, 3e-3, 6e-5, warmup_iters=2, lr_decay_iters=600000)
 
 
-def test_constant_lr_without_decay(run, tmp_path, char_data):
-    run('train.py', '--dataset=tiny', '--max_iters=3', '--eval_interval=100', *TINY_MODEL, '--decay_lr=False')
-    assert {e['lr'] for e in read_metrics(tmp_path / 'out') if e['event'] == 'train'} == {3e-3}
+def test_constant_lr_without_decay(high_lr_run):
+    assert {learning_rate_at(it, 3e-3, 6e-5, 2, 9, decay_lr=False) for it in (0, 1, 5, 9, 100)} == {3e-3}
+    assert set(logged_lrs(high_lr_run[0] / 'out').values()) == {0.5}  # train.py --decay_lr=False
 
 
-def test_resume_continues_from_the_checkpoint(run, trained, tmp_path):
-    result = run('train.py', '--dataset=tiny', '--init_from=resume', '--max_iters=40', '--eval_interval=10',
-                 '--log_interval=1', '--device=cpu')  # the model shape comes from the checkpoint
-    assert 'resuming from out/ckpt.pt at iteration 30' in result.stdout
-    assert torch.load(trained / 'ckpt.pt', weights_only=True)['iter_num'] in (30, 40)
-    steps = [e['iter'] for e in read_metrics(trained) if e['event'] == 'train']
+def test_resume_continues_from_the_checkpoint(resumed_run):
+    folder, stdout = resumed_run
+    assert 'resuming from out/ckpt.pt at iteration 30' in stdout
+    assert torch.load(folder / 'out' / 'ckpt.pt', weights_only=True)['iter_num'] == 40
+    events = read_metrics(folder / 'out')
+    steps = [e['iter'] for e in events if e['event'] == 'train']
     assert steps == list(range(1, 41))  # metrics.jsonl carries on where it was
+    done = [e['iter'] for e in events if e['event'] == 'done']
+    assert done == [40]  # the resumed run's end only, not also the first run's, at 30
+    # train.py's defaults from here: learning_rate 6e-4, warming up over 2000 iterations
+    assert all(lr == learning_rate_at(it - 1, 6e-4, 6e-5, 2000, 600000)
+               for it, lr in logged_lrs(folder / 'out').items() if it > 30)
 
 
-def test_best_val_loss_only_goes_down(run, tmp_path, char_data):
-    # a learning rate this high makes val loss climb; always_save_checkpoint must not record the climb as best
-    run('train.py', '--dataset=tiny', '--max_iters=30', '--eval_interval=5', *TINY_MODEL,
-        '--always_save_checkpoint=True', '--learning_rate=0.5', '--decay_lr=False', '--grad_clip=0.0')
-    evals = [e['val_loss'] for e in read_metrics(tmp_path / 'out') if e['event'] == 'eval']
-    checkpoint = torch.load(tmp_path / 'out' / 'ckpt.pt', weights_only=True)
+def test_best_val_loss_only_goes_down(high_lr_run):
+    # always_save_checkpoint must not record a val loss that climbed as the best
+    out_dir = high_lr_run[0] / 'out'
+    evals = [e['val_loss'] for e in read_metrics(out_dir) if e['event'] == 'eval']
+    checkpoint = torch.load(out_dir / 'ckpt.pt', weights_only=True)
     assert checkpoint['iter_num'] == 30  # always_save: the latest state
     assert checkpoint['best_val_loss'] == min(evals)
 
@@ -77,27 +120,34 @@ def test_vocab_size_comes_from_meta_pkl(trained):
     assert checkpoint['model_args']['vocab_size'] == len(checkpoint['meta']['stoi']) < 100
 
 
-def test_wandb_offline_logs_derived_values_and_resumes_the_same_run(run, tmp_path, char_data):
-    args = ['--dataset=tiny', *TINY_MODEL, '--eval_interval=3', '--wandb_log=True', '--wandb_project=test',
-            '--always_save_checkpoint=True']
-    env = {'WANDB_MODE': 'offline', 'WANDB_DIR': str(tmp_path)}
-    run('train.py', *args, '--max_iters=3', env=env)
-    run_id = torch.load(tmp_path / 'out' / 'ckpt.pt', weights_only=True)['wandb_run_id']
-    runs = list((tmp_path / 'wandb').glob('offline-run-*'))
+def test_wandb_offline_logs_derived_values_and_resumes_the_same_run(high_lr_run, resumed_run):
+    first = high_lr_run[0]
+    run_id = torch.load(first / 'out' / 'ckpt.pt', weights_only=True)['wandb_run_id']
+    runs = list((first / 'wandb').glob('offline-run-*'))
     assert len(runs) == 1 and runs[0].name.endswith(run_id)
     logged = (runs[0] / f'run-{run_id}.wandb').read_bytes()
     for derived in (b'tokens_per_iter', b'n_params', b'world_size', b'device'):
         assert derived in logged
-    run('train.py', *args, '--max_iters=6', '--init_from=resume', env=env)
-    assert sorted(r.name.endswith(run_id) for r in (tmp_path / 'wandb').glob('offline-run-*')) == [True, True]
+    resumed = resumed_run[0]
+    assert torch.load(resumed / 'out' / 'ckpt.pt', weights_only=True)['wandb_run_id'] == run_id
+    assert sorted(r.name.endswith(run_id) for r in (resumed / 'wandb').glob('offline-run-*')) == [True, True]
 
 
-def test_impossible_device_is_a_clear_error(run, char_data):
-    if torch.cuda.is_available():
-        return
-    assert_one_line_error(run('train.py', '--dataset=tiny', *TINY_MODEL, '--device=cuda', expect=None), 'no CUDA')
+# train.py's defaults, as far as its settings checks read them
+DEFAULTS = dict(batch_size=12, block_size=1024, gradient_accumulation_steps=40, eval_interval=2000, eval_iters=200,
+                log_interval=1, max_iters=600000, learning_rate=6e-4, min_lr=6e-5, warmup_iters=2000,
+                hellaswag_interval=0, fsdp=False)
 
 
-def test_missing_dataset_says_which_prepare_to_run(run, tmp_path):
-    result = run('train.py', '--dataset=shakespeare_char', '--device=cpu', expect=None, cwd=tmp_path)
-    assert_one_line_error(result, 'data/shakespeare_char does not exist')
+def test_training_settings_are_checked_up_front(refused):
+    settings.check_training(DEFAULTS)
+    settings.check_training(dict(DEFAULTS, max_iters=0, warmup_iters=0, learning_rate=0.0))  # zero is fine
+    with refused('--batch_size must be at least 1, not 0'):
+        settings.check_training(dict(DEFAULTS, batch_size=0))
+    with refused('--log_interval must be at least 1, not -5'):
+        settings.check_training(dict(DEFAULTS, log_interval=-5))
+    with refused('cannot be negative'):
+        settings.check_training(dict(DEFAULTS, min_lr=-1e-5))
+    with refused('hellaswag_interval does not run under --fsdp=True yet', 'eval.py'):
+        settings.check_training(dict(DEFAULTS, fsdp=True, hellaswag_interval=100))
+

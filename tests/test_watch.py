@@ -5,11 +5,13 @@ import shutil
 import signal
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
+import torch
 
-from nanogpt import data
-from conftest import REPO, TINY_MODEL, _env, assert_one_line_error, needs_bpe
+from nanogpt import models, report, tokens
+from conftest import REPO, TINY_MODEL, script_env, load_script, needs_bpe
 
 
 def test_start_up_block_eval_lines_and_summary(run, char_data):
@@ -29,7 +31,7 @@ def test_start_up_block_eval_lines_and_summary(run, char_data):
 def test_gpu_config_on_a_cpu_warns_with_a_time_estimate(tmp_path, char_data):
     shutil.copytree(char_data, tmp_path / 'data' / 'shakespeare_char')
     proc = subprocess.Popen([sys.executable, str(REPO / 'train.py'), '--dataset=shakespeare_char', *TINY_MODEL,
-                             '--max_iters=100000000'], cwd=tmp_path, stdout=subprocess.PIPE, text=True, env=_env())
+                             '--max_iters=100000000'], cwd=tmp_path, stdout=subprocess.PIPE, text=True, env=script_env())
     warning = next(line for line in proc.stdout if line.startswith(('WARNING', 'step')))
     proc.send_signal(signal.SIGTERM)
     proc.communicate(timeout=60)
@@ -43,28 +45,38 @@ def test_plot_from_a_real_run(run, trained, tmp_path):
     assert png.startswith(b'\x89PNG') and len(png) > 10_000
 
 
-def test_plot_without_matplotlib_says_how_to_get_it(run, trained, tmp_path):
-    fake = tmp_path / 'no_matplotlib' / 'matplotlib'
-    fake.mkdir(parents=True)
-    (fake / '__init__.py').write_text("raise ImportError('not installed')\n")
-    result = run('plot.py', '--out_dir=out', env={'PYTHONPATH': str(fake.parent)}, expect=None)
-    assert_one_line_error(result, 'pip install matplotlib')
+def run_plot_here(monkeypatch):
+    """`python plot.py` (out_dir 'out') in this process: plot.py works at the top level, so loading it runs it."""
+    monkeypatch.setattr(sys, 'argv', ['plot.py'])
+    load_script('plot.py')
 
 
-def test_plot_of_a_folder_without_metrics(run, tmp_path):
+def test_plot_without_matplotlib_says_how_to_get_it(refused, trained, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setitem(sys.modules, 'matplotlib', None)  # import matplotlib then fails, as where it is not installed
+    with refused('pip install matplotlib'):
+        run_plot_here(monkeypatch)
+
+
+def test_plot_of_a_folder_without_metrics(refused, tmp_path, monkeypatch):
     pytest.importorskip('matplotlib')
-    assert_one_line_error(run('plot.py', '--out_dir=nothing', expect=None), 'nothing/metrics.jsonl')
+    monkeypatch.chdir(tmp_path)  # no run in out/
+    with refused('out/metrics.jsonl'):
+        run_plot_here(monkeypatch)
 
 
-def test_one_sample_is_streamed_as_it_is_generated(trained, tmp_path):
-    proc = subprocess.Popen([sys.executable, str(REPO / 'sample.py'), '--out_dir=out', '--num_samples=1',
-                             '--max_new_tokens=20000', '--start=the', '--seed=1'],
-                            cwd=tmp_path, stdout=subprocess.PIPE, text=True, env=_env())
-    first = proc.stdout.read(20)
-    still_running = proc.poll() is None  # the first text arrived long before the sample was finished
-    proc.kill()
-    proc.wait(timeout=60)
-    assert still_running and first.startswith('the')
+def test_one_sample_is_streamed_as_it_is_generated(trained):
+    # sample.py --num_samples=1: the prompt at once, then each token's text as soon as it is sampled
+    model, meta, _ = models.inference_model('resume', str(trained))
+    encode, decode = tokens.load_tokenizer(meta)
+    printed, flushed = [], []
+    stdout = SimpleNamespace(write=printed.append, flush=lambda: flushed.append(len(printed)))
+    stream = report.TextStream(decode, encode('the'), stdout)
+    torch.manual_seed(1)
+    ids = model.eval().generate(torch.tensor([encode('the')]), 20, on_token=lambda token: stream.push(token.item()))
+    assert printed[0] == 'the' and len(printed) == 21  # the prompt, then one piece per token
+    assert flushed == list(range(1, 22))  # each piece flushed as it is written
+    assert ''.join(printed) == decode(ids[0].tolist())
 
 
 @needs_bpe
@@ -74,7 +86,7 @@ def test_text_stream_holds_back_half_a_character():
     text = 'naïve café 🙂 done'
     ids = enc.encode(text)
     out = io.StringIO()
-    stream = data.TextStream(enc.decode, ids[:1], out)
+    stream = report.TextStream(enc.decode, ids[:1], out)
     for token in ids[1:]:
         stream.push(token)
         assert '\ufffd' not in out.getvalue()  # never a broken character, even mid-emoji

@@ -22,7 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-from nanogpt import data, report  # noqa: E402  (the repo root is on the path only from the line above)
+from nanogpt import report, tokens  # noqa: E402  (the repo root is on the path only from the line above)
 
 dataset = 'openwebtext'  # a Hugging Face dataset name, or a builder such as 'text' or 'json' with data_files
 name = ''  # the dataset's subset (configuration), e.g. 'sample-10BT' of HuggingFaceFW/fineweb-edu; '' for its default
@@ -38,7 +38,7 @@ def tokenize_and_write(splits, out_dir, num_proc=1, text_column='text', docs_per
     """Encode each split's documents with GPT-2 BPE, end-of-text after each, and write them to
     out_dir/<split>.bin one shard of documents at a time. Returns {split: number of tokens}."""
     import datasets
-    enc = data.gpt2_encoding()
+    enc = tokens.gpt2_encoding()
 
     def encode(example):
         ids = enc.encode_ordinary(example[text_column])

@@ -13,7 +13,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-from nanogpt import data  # noqa: E402  (the repo root is on the path only from the line above)
+from nanogpt import data, download, tokens  # noqa: E402  (the repo root is on the path only from the line above)
 from configurator import configure  # noqa: E402
 
 input_file = ''  # the text to prepare; '' means input.txt beside this script, downloaded if missing
@@ -23,8 +23,8 @@ configure(globals())
 
 here = os.path.dirname(os.path.abspath(__file__))
 out_dir = out_dir or here
-text = data.read_text(input_file, os.path.join(here, 'input.txt'), url)
-encoder = data.gpt2_encoding()
+text = download.read_text(input_file, os.path.join(here, 'input.txt'), url)
+encoder = tokens.gpt2_encoding()
 # the split is by characters, then each part is encoded on its own, as in the original
 split = int(len(text) * 0.9)
 train_ids, val_ids = encoder.encode_ordinary(text[:split]), encoder.encode_ordinary(text[split:])

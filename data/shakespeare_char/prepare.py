@@ -10,13 +10,10 @@ token ids, raw bytes), and meta.pkl holds vocab_size, itos and stoi, the same fo
 original nanoGPT, so either project reads the other's data.
 """
 import os
-import pickle
 import sys
 
-import numpy as np
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-from nanogpt import data, report  # noqa: E402  (the repo root is on the path only from the line above)
+from nanogpt import data, download  # noqa: E402  (the repo root is on the path only from the line above)
 from configurator import configure  # noqa: E402
 
 input_file = ''  # the text to prepare; '' means input.txt beside this script, downloaded if missing
@@ -26,17 +23,6 @@ configure(globals())
 
 here = os.path.dirname(os.path.abspath(__file__))
 out_dir = out_dir or here
-text = data.read_text(input_file, os.path.join(here, 'input.txt'), url)
-if len(text) < 2:
-    report.fail("the text is too short to split into train and val")
-print(f"{len(text):,} characters")
-
-chars = sorted(set(text))
-stoi = {ch: i for i, ch in enumerate(chars)}
-print(f"vocab size: {len(chars)}: {''.join(chars)!r}")
-ids = np.array([stoi[c] for c in text])
-split = int(len(ids) * 0.9)  # first 90% train, the rest val
-data.write_bins(out_dir, ids[:split], ids[split:])
-with open(os.path.join(out_dir, 'meta.pkl'), 'wb') as f:
-    pickle.dump({'vocab_size': len(chars), 'itos': dict(enumerate(chars)), 'stoi': stoi}, f)
+text = download.read_text(input_file, os.path.join(here, 'input.txt'), url)
+data.write_characters(text, out_dir)
 print(f"wrote train.bin, val.bin and meta.pkl to {out_dir}")

@@ -293,6 +293,38 @@ def _move_last_document(train_path, val_path, eot, dtype, counts):
     return counts + np.array([[-moved, -1], [moved, 1]])
 
 
+def make_tokenizer(tokenizer, pieces, vocab_size=4096, tokenizer_bytes=0):
+    """A corpus's tokenizer, from pieces() (a fresh iterator of its documents each call), as
+    (meta.pkl's contents: None for GPT-2 BPE, as data/shakespeare/prepare.py writes; the spec
+    make_encoder takes; the end-of-text id; the trained BPE, or None)."""
+    bpe = None
+    if tokenizer == 'char':
+        chars = characters(pieces())
+        meta = {'vocab_size': len(chars) + 1, 'itos': dict(enumerate(chars)),
+                'stoi': {c: i for i, c in enumerate(chars)}, 'eot': len(chars), 'tokenizer': 'char'}
+        meta['itos'][meta['eot']] = ''  # a document boundary reads as nothing
+        spec, eot = meta['stoi'], meta['eot']
+    elif tokenizer == 'gpt2':
+        meta, spec, eot = None, None, tokens.GPT2_EOT
+        tokens.gpt2_encoding()  # fail now, not in the encoding processes, if it cannot be had
+    else:
+        from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+        started = time.time()
+        bpe = Tokenizer(models.BPE())
+        bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)  # GPT-2's split into words first
+        bpe.decoder = decoders.ByteLevel()
+        # end-of-text first (id 0), then the chat tokens that chat finetuning renders turns with (nanogpt/chat.py)
+        special = [tokens.EOT_TOKEN, *tokens.CHAT_TOKENS.values()]
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special, show_progress=False,
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+        bpe.train_from_iterator(training_text(pieces(), tokenizer_bytes), trainer)
+        seconds = time.time() - started
+        spec, eot = bpe.to_str(), bpe.token_to_id(tokens.EOT_TOKEN)
+        meta = {'vocab_size': bpe.get_vocab_size(), 'tokenizer': 'bpe', 'tokenizer_json': spec, 'eot': eot}
+        print(f"trained a byte-level BPE of {meta['vocab_size']:,} tokens in {seconds:.1f} s")
+    return meta, spec, eot, bpe
+
+
 def prepare(input, out_dir='', tokenizer='bpe', vocab_size=4096, text_column='text', hf_split='train',
             tokenizer_bytes=0, val_fraction=0.1, utf8_errors='strict', num_proc=0, seed=2357):
     """data/prepare.py's work, its settings as arguments: the corpus input (documents() says what it
@@ -326,33 +358,9 @@ def prepare(input, out_dir='', tokenizer='bpe', vocab_size=4096, text_column='te
             fail(f"{out_dir} already holds a dataset with another tokenizer ({tokens.tokenizer_name(existing)}); "
                  f"delete it first, or prepare into another --out_dir")
 
-    # the tokenizer: meta.pkl's contents (None for GPT-2 BPE, as data/shakespeare/prepare.py writes)
     if existing is not False and tokens.tokenizer_name(existing) != tokenizer:
         refuse_other_tokenizer({'tokenizer': tokenizer})
-    if tokenizer == 'char':
-        chars = characters(pieces())
-        meta = {'vocab_size': len(chars) + 1, 'itos': dict(enumerate(chars)),
-                'stoi': {c: i for i, c in enumerate(chars)}, 'eot': len(chars), 'tokenizer': 'char'}
-        meta['itos'][meta['eot']] = ''  # a document boundary reads as nothing
-        spec, eot = meta['stoi'], meta['eot']
-    elif tokenizer == 'gpt2':
-        meta, spec, eot = None, None, tokens.GPT2_EOT
-        tokens.gpt2_encoding()  # fail now, not in the encoding processes, if it cannot be had
-    else:
-        from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-        started = time.time()
-        bpe = Tokenizer(models.BPE())
-        bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)  # GPT-2's split into words first
-        bpe.decoder = decoders.ByteLevel()
-        # end-of-text first (id 0), then the chat tokens that chat finetuning renders turns with (nanogpt/chat.py)
-        special = [tokens.EOT_TOKEN, *tokens.CHAT_TOKENS.values()]
-        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special, show_progress=False,
-                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-        bpe.train_from_iterator(training_text(pieces(), tokenizer_bytes), trainer)
-        seconds = time.time() - started
-        spec, eot = bpe.to_str(), bpe.token_to_id(tokens.EOT_TOKEN)
-        meta = {'vocab_size': bpe.get_vocab_size(), 'tokenizer': 'bpe', 'tokenizer_json': spec, 'eot': eot}
-        print(f"trained a byte-level BPE of {meta['vocab_size']:,} tokens in {seconds:.1f} s")
+    meta, spec, eot, bpe = make_tokenizer(tokenizer, pieces, vocab_size, tokenizer_bytes)
     if meta is not None and meta['vocab_size'] > 2 ** 16:
         meta['dtype'] = 'uint32'  # ids past uint16; the original's readers take uint16 only
     refuse_other_tokenizer(meta)

@@ -61,22 +61,34 @@ def describe_cpu(vendor, avx512):
     return f"{VENDOR_NAMES.get(vendor, vendor)} {'with' if avx512 else 'without'} AVX-512"
 
 
+def first_processor(text):
+    """The fields of a Linux /proc/cpuinfo's first processor, by name ('vendor_id', 'flags',
+    'model name', ...; an ARM CPU's have no vendor_id)."""
+    lines = text.strip().split('\n\n')[0].splitlines()
+    return {name.strip(): value.strip() for name, _, value in (line.partition(':') for line in lines)}
+
+
 def read_cpuinfo(text):
-    """The CpuFacts in the text of a Linux /proc/cpuinfo, from its first processor's lines (an ARM
-    CPU's have no vendor_id)."""
-    first_processor = text.strip().split('\n\n')[0]
-    fields = dict((name.strip(), value.strip()) for name, _, value in
-                  (line.partition(':') for line in first_processor.splitlines()))
+    """The CpuFacts in the text of a Linux /proc/cpuinfo."""
+    fields = first_processor(text)
     return CpuFacts(fields.get('vendor_id'), AVX512_FLAGS <= set(fields.get('flags', '').split()))
+
+
+def cpuinfo_text():
+    """This machine's /proc/cpuinfo, or None where there is none (not Linux)."""
+    if not os.path.exists(CPUINFO):
+        return None
+    with open(CPUINFO) as f:
+        return f.read()
 
 
 def cpu_facts():
     """This machine's CpuFacts: from /proc/cpuinfo where there is one. Elsewhere the vendor is the
     last word of the PROCESSOR_IDENTIFIER that Windows sets ('AMD64 Family 25 Model 97 Stepping 2,
     AuthenticAMD'; none on a Mac, all of whose x86 CPUs are Intel's) and AVX-512 what torch found."""
-    if os.path.exists(CPUINFO):
-        with open(CPUINFO) as f:
-            return read_cpuinfo(f.read())
+    text = cpuinfo_text()
+    if text is not None:
+        return read_cpuinfo(text)
     _, comma, vendor = os.environ.get('PROCESSOR_IDENTIFIER', '').rpartition(',')
     return CpuFacts(vendor.strip() if comma else None, torch.backends.cpu.get_cpu_capability() == 'AVX512')
 

@@ -2,13 +2,12 @@
 The peak FLOP/s that MFU is measured against: a table for GPUs, a measured matmul rate for the CPU.
 """
 import functools
-import os
 import re
 import time
 
 import torch
 
-from nanogpt.cpu_linears import onednn_linear, onednn_usable
+from nanogpt.cpu_linears import cpuinfo_text, first_processor, onednn_linear, onednn_usable
 
 
 # dense (no sparsity) peak TFLOPS of common GPUs: (bfloat16/float16 tensor cores, TF32 tensor cores).
@@ -25,10 +24,8 @@ GPU_PEAK_TFLOPS = {
 
 def cpu_name(default='unknown CPU'):
     """The CPU's model name as Linux reports it (e.g. 'AMD EPYC'), for the figures' records."""
-    if not os.path.exists('/proc/cpuinfo'):
-        return default
-    with open('/proc/cpuinfo') as f:
-        return next((line.split(':', 1)[1].strip() for line in f if line.startswith('model name')), default)
+    text = cpuinfo_text()
+    return default if text is None else first_processor(text).get('model name', default)
 
 
 def gpu_peak_tflops(name):

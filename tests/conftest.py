@@ -1,23 +1,20 @@
 """Shared fixtures: run the repo's scripts as a user would, on tiny data in tmp_path."""
 import contextlib
 import importlib.util
-import json
 import os
-import random
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
+from made_up import sample_text
 from nanogpt.report import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / 'shared' / 'data'
-SHAKESPEARE = SHARED_DATA / 'tinyshakespeare' / 'input.txt'
-TIKTOKEN_CACHE = SHARED_DATA / 'tiktoken_cache'
+SHAKESPEARE = REPO.parent / 'shared' / 'data' / 'tinyshakespeare' / 'input.txt'
+TIKTOKEN_CACHE = REPO.parent / 'shared' / 'data' / 'tiktoken_cache'
 
 if os.environ.get('PYTEST_XDIST_WORKER'):  # a test per core (pytest.ini): one thread each, or OpenMP threads fight
     os.environ.setdefault('OMP_NUM_THREADS', '1')
@@ -30,8 +27,7 @@ STARTING_ENVIRONMENT = dict(os.environ)
 
 
 def pytest_collection_modifyitems(items):
-    """The tests marked slow first, longest first: handed out one at a time (pytest.ini), the cores then
-    finish at about the same time."""
+    """The tests marked slow first, longest first: handed out one at a time (pytest.ini), the cores finish together."""
     def seconds(item):
         slow = item.get_closest_marker('slow')
         return 0 if slow is None else slow.args[0] if slow.args else 15
@@ -41,8 +37,7 @@ def pytest_collection_modifyitems(items):
 def _bpe_available():
     try:
         import tiktoken
-        tiktoken.get_encoding('gpt2')
-        return True
+        return bool(tiktoken.get_encoding('gpt2'))
     except Exception:
         return False
 
@@ -55,24 +50,7 @@ needs_bpe = pytest.mark.skipif(not _bpe_available(), reason="GPT-2 BPE files: ne
 TINY_MODEL = ['--n_layer=2', '--n_head=2', '--n_embd=16', '--block_size=16', '--batch_size=4',
               '--gradient_accumulation_steps=1', '--device=cpu', '--compile=False', '--dropout=0.0',
               '--bias=False', '--eval_iters=2', '--learning_rate=3e-3', '--warmup_iters=2', '--onednn=False']
-
-
-def sample_text(n_chars=30_000):
-    """Made-up verse, the same wherever the tests run (they must not depend on ../shared): speakers' names
-    and lines of words, every letter in both cases, the punctuation of a play."""
-    rng = random.Random(0)
-    words = ('the king my lord thou art not what say and of a quick brown fox jumps over lazy dog while '
-             'she holds her hammer in your hand then we go to see he is on roof with shingles up down by '
-             'ground ladder climbs man woman sitting starts pulling throws them very zounds xanthe').split()
-    speakers = ('ROMEO', 'JULIET', 'KING RICHARD', 'First Citizen', 'MENENIUS')
-    lines = []
-    while sum(map(len, lines)) < n_chars:
-        lines.append(f"{rng.choice(speakers)}:")
-        for _ in range(rng.randint(1, 4)):
-            sentence = ' '.join(rng.choice(words) for _ in range(rng.randint(3, 9)))
-            lines.append(sentence.capitalize() + rng.choice(".,;:!?-'"))
-        lines.append('')  # a blank line between speeches
-    return '\n'.join(lines)[:n_chars]
+TRAINED_RUN = ['--dataset=tiny', '--max_iters=30', '--eval_interval=10', '--log_interval=1', *TINY_MODEL]  # `trained`
 
 
 def script_env(extra=None):
@@ -102,23 +80,6 @@ def train_losses(out_dir):
     return {e['iter']: e['loss'] for e in read_metrics(out_dir) if e['event'] == 'train'}
 
 
-def random_hf_gpt2(path, vocab_size=100, n_positions=64, activation='gelu_new', scale=8.0):
-    """A small random GPT2LMHeadModel saved to path; weights scaled up so that small numerical
-    differences (e.g. the wrong GELU, or which ending is likelier) show clearly."""
-    import torch
-    import transformers
-    torch.manual_seed(0)
-    config = transformers.GPT2Config(vocab_size=vocab_size, n_positions=n_positions, n_embd=32, n_layer=2, n_head=4,
-                                     activation_function=activation, bos_token_id=None, eos_token_id=None)
-    hf_model = transformers.GPT2LMHeadModel(config).eval()
-    with torch.no_grad():
-        for name, p in hf_model.named_parameters():
-            if name.endswith('.weight') and p.dim() == 2:
-                p.mul_(scale)
-    hf_model.save_pretrained(path)
-    return hf_model
-
-
 @pytest.fixture
 def run(tmp_path):
     """run('train.py', '--max_iters=5', ...): run_script in tmp_path (unless cwd= says otherwise)."""
@@ -145,14 +106,14 @@ def char_data(tmp_path, prepared_data):
 def _trained(tmp_path_factory, prepared_data):
     folder = tmp_path_factory.mktemp('trained')
     shutil.copytree(prepared_data, folder / 'data' / 'tiny')
-    run_script('train.py', '--dataset=tiny', '--out_dir=out', '--max_iters=30', '--eval_interval=10',
-                '--log_interval=1', *TINY_MODEL, cwd=folder)
+    (folder / 'trained.txt').write_text(run_script('train.py', *TRAINED_RUN, cwd=folder).stdout)
     return folder / 'out'
 
 
 @pytest.fixture
 def trained(tmp_path, char_data, _trained):
-    """tmp_path/out: a tiny model trained (once per session) for 30 iterations on char_data."""
+    """tmp_path/out: TRAINED_RUN on char_data, trained once per session; what train.py printed: tmp_path/trained.txt."""
+    shutil.copy(_trained.parent / 'trained.txt', tmp_path)
     shutil.copytree(_trained, tmp_path / 'out')
     return tmp_path / 'out'
 
@@ -167,12 +128,10 @@ def load_script(relative_path):
 
 
 def assert_one_line_error(result, *fragments):
-    """Bad input: exit status 2, one line on stderr that says what is wrong, no traceback. result: a script's
-    subprocess.run result (refused below does it in-process)."""
+    """Bad input: exit status 2, one line on stderr that says what is wrong, no traceback (a subprocess.run result)."""
     assert result.returncode == 2, f"exit {result.returncode}\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert 'Traceback' not in result.stderr
+    assert len(lines) == 1 and 'Traceback' not in result.stderr, result.stderr
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
 
@@ -189,33 +148,3 @@ def refused(capsys):
         err = capsys.readouterr().err
         assert_one_line_error(subprocess.CompletedProcess([], stop.value.code, '', err), *fragments)
     return expect
-
-
-# HellaSwag in its own file format, for eval.py and train.py --hellaswag_interval
-def hellaswag_line(ind, ctx_a, ctx_b, endings, label):
-    """One line of hellaswag_val.jsonl, with every field the real file has."""
-    return json.dumps({"ind": ind, "activity_label": "Roof shingle removal", "ctx_a": ctx_a, "ctx_b": ctx_b,
-                       "ctx": f"{ctx_a} {ctx_b}".strip(), "split": "val", "split_type": "indomain", "label": label,
-                       "endings": endings, "source_id": f"activitynet~v_{ind:08d}"})
-
-
-def write_hellaswag(path, examples):
-    """examples: (ctx_a, ctx_b, endings, label) each."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(''.join(hellaswag_line(i, *e) + '\n' for i, e in enumerate(examples)), encoding='utf-8')
-    return path
-
-
-WORDS = ('a man is sitting on the roof he starts pulling up shingles and throws them down to the ground while '
-         'a woman holds the ladder then she climbs up with a hammer in her hand').split()
-
-
-def varied_examples(n, seed=0):
-    """n examples of varied lengths, the second one with a context longer than the models' context."""
-    rng = np.random.default_rng(seed)
-    examples = []
-    for i in range(n):
-        ctx = ' '.join(rng.choice(WORDS, 150 if i == 1 else rng.integers(3, 30)))
-        endings = [' '.join(rng.choice(WORDS, rng.integers(1, 15))) + '.' for _ in range(4)]
-        examples.append((ctx.capitalize() + '.', WORDS[i % len(WORDS)], endings, int(rng.integers(4))))
-    return examples

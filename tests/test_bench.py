@@ -15,14 +15,16 @@ def results(tmp_path):
     return [json.loads(line) for line in (tmp_path / 'results.jsonl').read_text().splitlines()]
 
 
-def test_bench_training_step_reports_median_tokens_and_mfu(run, tmp_path):
-    out = run('bench.py', *TINY_BENCH).stdout
+def test_bench_training_step_reports_median_tokens_and_mfu_and_profiles(run, tmp_path):
+    out = run('bench.py', *TINY_BENCH, '--profile=True').stdout
     record = results(tmp_path)[0]
     assert record['bench'] == 'train' and record['device'] == 'cpu' and record['median_ms'] > 0
     # tokens/s is rounded to a whole number, median_ms to a microsecond
     assert abs(record['tokens_per_s'] - 4 * 16 / (record['median_ms'] / 1000)) <= 0.5 + 0.01 * record['tokens_per_s']
     assert 0 < record['mfu'] < 1 and record['peak_tflops'] > 0  # against this CPU's measured matmul rate
     assert 'median' in out and 'MFU' in out
+    # the profiler's table and its trace
+    assert record['profiled'] is True and 'Self CPU' in out and list((tmp_path / 'bench_log').glob('*.json'))
 
 
 def test_bench_reads_a_training_config_and_real_data(run, tmp_path, char_data):
@@ -33,21 +35,11 @@ def test_bench_reads_a_training_config_and_real_data(run, tmp_path, char_data):
     assert record['batch_size'] == 4  # the command line wins over the config file
 
 
-def test_bench_profile_writes_a_trace(run, tmp_path):
-    out = run('bench.py', *TINY_BENCH, '--profile=True').stdout
-    assert 'Self CPU' in out and list((tmp_path / 'bench_log').glob('*.json'))
-
-
-def test_bench_generate_compares_kv_cache(run, tmp_path):
-    run('bench.py', *TINY_BENCH, '--mode=generate', '--max_new_tokens=40', '--repeats=1')
-    record = results(tmp_path)[0]
-    assert record['same_tokens'] is True and record['kv_cache_tokens_per_s'] > 0 and record['speedup'] > 0
-
-
 @pytest.mark.slow
-def test_bench_generate_times_the_compiled_step_apart(run, tmp_path):
+def test_bench_generate_compares_kv_cache_and_times_the_compiled_step_apart(run, tmp_path):
     out = run('bench.py', *TINY_BENCH, '--mode=generate', '--max_new_tokens=40', '--repeats=1', '--compile=True').stdout
     record = results(tmp_path)[0]
+    assert record['same_tokens'] is True and record['kv_cache_tokens_per_s'] > 0 and record['speedup'] > 0
     assert record['compiled_same_tokens'] is True and record['compiled_tokens_per_s'] > 0 and record['compile_s'] > 0
     assert record['compile_counts'] == dict(graphs=1, graph_breaks=0, recompiles=0)  # the logit check reuses it
     assert 'compile: 1 graphs, 0 graph breaks, 0 recompiles' in out

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, TINY_MODEL, assert_one_line_error, needs_bpe, random_hf_gpt2, run_torchrun
+from conftest import REPO, TINY_MODEL, assert_one_line_error, needs_bpe, run_torchrun
+from made_up import random_hf_gpt2
 from nanogpt import chat, corpus, data, models, runtime
 from nanogpt.evals import token_bytes
 
@@ -55,7 +56,7 @@ def replies(out_dir, questions, max_new_tokens, **sampling):
             for question in questions]
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope='session')  # not module: see tests/test_train.py's high_lr_run
 def _base(tmp_path_factory):
     folder = tmp_path_factory.mktemp('base')
     (folder / 'corpus.txt').write_text('\n'.join(f'reverse {t} {t[::-1]}' for t in TRIPLES) + '\n')
@@ -153,14 +154,18 @@ def test_a_chat_finetune_from_another_run_resumes_exactly(run, tmp_path, base):
 
 
 @pytest.mark.slow
-def test_a_chat_finetune_compiled_under_ddp_compiles_once_and_agrees(tmp_path, base):
+def test_a_chat_finetune_compiled_under_ddp_compiles_once_never_waits_and_agrees(tmp_path, base):
+    # tests/test_compile.py's case of DDP with compile_scope=auto (blocks under torchrun), on masked targets:
+    # several evaluations and log lines, each switch between the modes reusing the graphs compiled first
     chat_dataset([reversal(t) for t in TRAIN_TRIPLES[:60]], tmp_path, 'chat', str(tmp_path / 'data' / 'base'))
     compiled = [arg for arg in TINY_MODEL if not arg.startswith('--compile')] + ['--compile=True']
-    result = run_torchrun(REPO / 'train.py', '--dataset=chat', '--out_dir=out', *compiled,
-                          '--gradient_accumulation_steps=2', '--max_iters=8', '--eval_interval=4', cwd=tmp_path)
+    result = run_torchrun(REPO / 'benchmarks' / 'count_syncs.py', REPO / 'train.py', '--dataset=chat', '--out_dir=out',
+                          *compiled, '--gradient_accumulation_steps=2', '--max_iters=12', '--eval_interval=4',
+                          '--log_interval=2', '--compile_scope=auto', cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert '2 processes (DDP, gloo)' in result.stdout and 'weights identical on all 2 ranks' in result.stdout
-    # the masked targets change no shape: one graph per mode, as on plain text (tests/test_compile.py)
+    assert result.stderr.count('host syncs: 0 inside the training step') == 2  # each rank
+    # the masked targets change no shape: one graph per mode, as on plain text; the hooks stay outside the compiled code
     assert 'compile: 2 graphs, 0 graph breaks, 1 recompiles (blocks)' in result.stdout
 
 

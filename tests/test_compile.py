@@ -46,7 +46,7 @@ def test_one_process_compiles_once_per_mode_never_waits_and_is_reproducible(run,
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('mode, scope', [('ddp', 'model'), ('ddp', 'auto'), ('fsdp', 'auto')])
+@pytest.mark.parametrize('mode, scope', [('ddp', 'model'), ('fsdp', 'auto')])  # DDP, auto: tests/test_chat.py
 def test_two_ranks_compile_once_per_mode(tmp_path, char_data, mode, scope):
     result = run_torchrun(COUNT_SYNCS, REPO / 'train.py', *RUN, '--gradient_accumulation_steps=2',
                           f'--fsdp={mode == "fsdp"}', f'--compile_scope={scope}', cwd=tmp_path)

@@ -55,19 +55,6 @@ def test_two_processes_on_one_machine(ddp_run):
     assert '128 tokens per iteration' in result.stdout  # 4 x 16 x (1 micro-step x 2 ranks)
 
 
-def test_two_nodes_on_loopback(tmp_path, char_data):
-    port = free_port()
-    nodes = [subprocess.Popen(torchrun(tmp_path, '--nnodes=2', f'--node_rank={rank}', '--nproc_per_node=1',
-                                       '--master_addr=127.0.0.1', f'--master_port={port}') + DDP_RUN,
-                              cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=script_env())
-             for rank in (0, 1)]
-    outputs = [node.communicate(timeout=240) for node in nodes]
-    for node, (out, err) in zip(nodes, outputs):
-        assert node.returncode == 0, err[-3000:]
-    assert 'weights identical on all 2 ranks' in outputs[0][0]
-    assert (tmp_path / 'out' / 'ckpt.pt').exists()
-
-
 def test_accumulation_steps_must_divide_by_world_size(refused, monkeypatch, capsys):
     settings.check_world_size(40, 8, fsdp=False)  # 5 micro-steps each
     monkeypatch.setenv('RANK', '0')
@@ -95,12 +82,22 @@ def test_ctrl_c_under_torchrun_saves_the_latest_state(tmp_path, char_data):
 
 
 @pytest.mark.slow
-def test_resume_under_ddp_is_exact(tmp_path, char_data, ddp_run):
-    def torchrun_train(*args):
-        result = run_torchrun(REPO / 'train.py', *EXACT_RUN, '--out_dir=split', *args, cwd=tmp_path)
-        assert result.returncode == 0, result.stderr[-3000:]
-    torchrun_train('--max_iters=10')
-    torchrun_train('--init_from=resume')  # on to DDP_RUN's 30, as ddp_run went straight
+def test_two_nodes_on_loopback_then_a_resume_under_ddp_is_exact(tmp_path, char_data, ddp_run):
+    # the first 10 iterations on two "machines" of a process each, on loopback
+    port = free_port()
+    nodes = [subprocess.Popen(torchrun(tmp_path, '--nnodes=2', f'--node_rank={rank}', '--nproc_per_node=1',
+                                       '--master_addr=127.0.0.1', f'--master_port={port}')
+                              + EXACT_RUN + ['--out_dir=split', '--max_iters=10'],
+                              cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=script_env())
+             for rank in (0, 1)]
+    outputs = [node.communicate(timeout=240) for node in nodes]
+    for node, (out, err) in zip(nodes, outputs):
+        assert node.returncode == 0, err[-3000:]
+    assert 'weights identical on all 2 ranks' in outputs[0][0]
+    assert torch.load(tmp_path / 'split' / 'ckpt.pt', weights_only=True)['iter_num'] == 10
+    # resumed on one machine, on to DDP_RUN's 30, as ddp_run went straight
+    result = run_torchrun(REPO / 'train.py', *EXACT_RUN, '--out_dir=split', '--init_from=resume', cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
     straight = torch.load(ddp_run[0] / 'out' / 'ckpt.pt', weights_only=True)['model']
     split = torch.load(tmp_path / 'split' / 'ckpt.pt', weights_only=True)['model']
     assert all(torch.equal(straight[k], split[k]) for k in straight)

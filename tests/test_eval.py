@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import (REPO, TINY_MODEL, hellaswag_line, needs_bpe, random_hf_gpt2, run_torchrun, sample_text,
-                      varied_examples, write_hellaswag)
+from conftest import REPO, TINY_MODEL, needs_bpe, run_torchrun
+from made_up import hellaswag_line, random_hf_gpt2, sample_text, varied_examples, write_hellaswag
 from nanogpt import evals, models, runtime
 from nanogpt.evals import GPT2_VOCAB
 from model import GPT

@@ -25,7 +25,7 @@ def load(path):
     return torch.load(path, weights_only=True)
 
 
-@pytest.mark.slow
+@pytest.mark.slow(55)
 def test_fsdp_trains_like_ddp_resumes_exactly_and_saves_one_process_checkpoints(tmp_path, char_data, monkeypatch):
     torchrun(tmp_path, '--out_dir=ddp', '--max_iters=20')
     # FSDP: DDP's losses, and a step that never waits for the device

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import SHAKESPEARE, needs_bpe, random_hf_gpt2, sample_text
+from conftest import SHAKESPEARE, needs_bpe
+from made_up import random_hf_gpt2, sample_text
 from model import GPT, GPTConfig
 from nanogpt import data, models, tokens
 

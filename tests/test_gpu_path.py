@@ -5,12 +5,13 @@ import json
 import subprocess
 import sys
 import time
+import types
 
 import pytest
 import torch
 
 from nanogpt import runtime
-from conftest import REPO, TINY_MODEL, script_env, assert_one_line_error, run_torchrun
+from conftest import REPO, TINY_MODEL, load_script, script_env, run_torchrun
 
 COUNT_SYNCS = str(REPO / 'benchmarks' / 'count_syncs.py')
 
@@ -116,31 +117,27 @@ def test_gpu_check_runs_its_steps_on_a_cpu(tmp_path, char_data):
     assert log.count('\n== ') == len(rows) + 1 and '[exit 0]' in log  # torchrun counts twice: stopped, resumed
 
 
+def gpu_check(monkeypatch, *args):
+    """benchmarks/gpu_check.py args, in this process: it works at the top level, so loading it runs it."""
+    monkeypatch.setattr(sys, 'argv', [str(REPO / 'benchmarks' / 'gpu_check.py'), *args])
+    monkeypatch.setattr(sys, 'path', list(sys.path))  # it puts the repo in front
+    load_script('benchmarks/gpu_check.py')
+
+
 @pytest.mark.parametrize('args, prepared, says', [
     (['--device=cpu', '--tiny=True'], False, 'dataset folder data/shakespeare_char does not exist; run python '),
     (['--device=cuda'], True, 'sees no CUDA device; on a CPU run --device=cpu --tiny=True'),
     (['--device=cpu', '--tiny=True', '--report_dir=/proc/no'], True, 'report_dir /proc/no is not writable'),
 ])
-def test_gpu_check_stops_at_once_without_what_it_needs(run, tmp_path, char_data, args, prepared, says):
+def test_gpu_check_stops_at_once_without_what_it_needs(refused, monkeypatch, tmp_path, char_data, args, prepared,
+                                                       says):
     if prepared:
         (tmp_path / 'data' / 'shakespeare_char').symlink_to(tmp_path / 'data' / 'tiny')
+    monkeypatch.chdir(tmp_path)
     started = time.time()
-    result = run('benchmarks/gpu_check.py', *args, f'--out_root={tmp_path / "runs"}', timeout=60, expect=None)
-    assert_one_line_error(result, 'gpu_check.py: error: ', says)
+    with refused('gpu_check.py: error: ', says):
+        gpu_check(monkeypatch, *args, f'--out_root={tmp_path / "runs"}')
     assert time.time() - started < 30 and not (tmp_path / 'runs').exists()  # nothing started
-
-
-FAKE_H200 = '''
-import runpy, sys, types
-import torch
-torch.cuda.is_available = lambda: True
-torch.cuda.get_device_name = lambda device=None: 'NVIDIA H200'
-torch.cuda.mem_get_info = lambda device=None: ({free_gb} * 2**30, 141 * 2**30)
-torch.distributed.is_nccl_available = lambda: {nccl}
-sys.modules['triton'] = types.SimpleNamespace(__version__='3.6.0') if {triton} else None  # None: import fails
-sys.argv[0] = {script!r}
-runpy.run_path({script!r}, run_name='__main__')
-'''
 
 
 @pytest.mark.parametrize('free_gb, nccl, triton, says', [
@@ -149,20 +146,28 @@ runpy.run_path({script!r}, run_name='__main__')
     (100, False, True, 'this torch has no nccl'),
     (100, True, True, None),
 ])
-def test_gpu_check_on_a_gpu_checks_it_first_and_reports_a_failed_step(run, tmp_path, char_data, free_gb, nccl, triton,
-                                                                     says):
-    # this machine's torch pretends to see an H200: the GPU's side of the environment check runs here
+def test_gpu_check_on_a_gpu_checks_it_first_and_reports_a_failed_step(refused, monkeypatch, capsys, tmp_path, char_data,
+                                                                     free_gb, nccl, triton, says):
+    # this process's torch pretends to see an H200: the GPU's side of the environment check runs here
     (tmp_path / 'data' / 'shakespeare_char').symlink_to(tmp_path / 'data' / 'tiny')
-    (tmp_path / 'fake_h200.py').write_text(FAKE_H200.format(free_gb=free_gb, nccl=nccl, triton=triton,
-                                                           script=str(REPO / 'benchmarks' / 'gpu_check.py')))
-    result = run(tmp_path / 'fake_h200.py', '--report_dir=report', f'--out_root={tmp_path / "runs"}', timeout=120,
-                 expect=None)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(torch.cuda, 'get_device_name', lambda device=None: 'NVIDIA H200')
+    monkeypatch.setattr(torch.cuda, 'mem_get_info', lambda device=None: (free_gb * 2**30, 141 * 2**30))
+    monkeypatch.setattr(torch.distributed, 'is_nccl_available', lambda: nccl)
+    # None in sys.modules: the import fails
+    monkeypatch.setitem(sys.modules, 'triton', types.SimpleNamespace(__version__='3.6.0') if triton else None)
+    args = ['--report_dir=report', f'--out_root={tmp_path / "runs"}']
     if says:
-        assert_one_line_error(result, says)
+        with refused(says):
+            gpu_check(monkeypatch, *args)
         return
-    # all there: the first step starts, and fails (this torch has no GPU); the report says so and keeps it
-    assert result.returncode == 1
-    assert 'environment: torch ' in result.stdout and 'NVIDIA H200 (100 GiB free), triton 3.6.0' in result.stdout
-    assert 'FAILED: bf16-compile exited with 2' in result.stderr
+    # all there: the first step starts, and fails (train.py, a process of its own, sees no GPU); the report keeps it
+    with pytest.raises(SystemExit) as stop:
+        gpu_check(monkeypatch, *args)
+    out, err = capsys.readouterr()
+    assert stop.value.code == 1
+    assert 'environment: torch ' in out and 'NVIDIA H200 (100 GiB free), triton 3.6.0' in out
+    assert 'FAILED: bf16-compile exited with 2' in err
     assert (tmp_path / 'report' / 'table.md').read_text().rstrip().endswith('FAILED')
     assert "train.py: error: --device=cuda" in (tmp_path / 'report' / 'log.txt').read_text()

@@ -12,31 +12,30 @@ import torch
 import model
 from configurator import configure
 from nanogpt import checkpoints, models, optimizers, report
-from conftest import REPO, TINY_MODEL, script_env, run_torchrun
+from conftest import REPO, TINY_MODEL, TRAINED_RUN, script_env, run_torchrun
 from model import GPT, MODERN_DEFAULTS, GPTConfig, KVCache
 
 BEFORE_THE_MODERN_RECIPE = '4ae0f4d'  # the last commit without it
 MODERN = [str(REPO / 'config' / 'modern.py')]
 
 
-def test_with_every_new_setting_off_training_is_bit_identical_to_before(run, tmp_path, char_data):
+def test_with_every_new_setting_off_training_is_bit_identical_to_before(run, tmp_path, trained):
     old = tmp_path / 'old'
     old.mkdir()
     archive = subprocess.run(['git', '-C', str(REPO), 'archive', BEFORE_THE_MODERN_RECIPE], capture_output=True)
     if archive.returncode:
         pytest.skip(f"the repo's history (commit {BEFORE_THE_MODERN_RECIPE}) is not in this checkout")
     subprocess.run(['tar', '-x', '-C', str(old)], input=archive.stdout, check=True)
-    args = ['--dataset=tiny', *TINY_MODEL, '--max_iters=50', '--eval_interval=50']
-    subprocess.run([sys.executable, str(old / 'train.py'), *args, '--out_dir=before'], cwd=tmp_path,
+    # the older version runs the command that trained the `trained` fixture with this one
+    subprocess.run([sys.executable, str(old / 'train.py'), *TRAINED_RUN, '--out_dir=before'], cwd=tmp_path,
                    capture_output=True, timeout=120, env=script_env(), check=True)
-    run('train.py', *args, '--out_dir=now')
-    before, now = (torch.load(tmp_path / name / 'ckpt.pt', weights_only=True) for name in ('before', 'now'))
-    assert before['model'].keys() == now['model'].keys()
+    before, now = (torch.load(tmp_path / name / 'ckpt.pt', weights_only=True) for name in ('before', 'out'))
+    assert before['iter_num'] == now['iter_num'] == 30 and before['model'].keys() == now['model'].keys()
     assert all(torch.equal(before['model'][k], now['model'][k]) for k in before['model'])
     assert before['model_args'] == now['model_args']  # what the original nanoGPT reads
     # and the older version's checkpoint resumes here
-    resumed = run('train.py', *args, '--out_dir=before', '--init_from=resume', '--max_iters=52')
-    assert 'resuming from before/ckpt.pt at iteration 50' in resumed.stdout and 'done: 52 iterations' in resumed.stdout
+    resumed = run('train.py', *TRAINED_RUN, '--out_dir=before', '--init_from=resume', '--max_iters=32')
+    assert 'resuming from before/ckpt.pt at iteration 30' in resumed.stdout and 'done: 32 iterations' in resumed.stdout
 
 
 @pytest.mark.slow

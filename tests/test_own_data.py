@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import (TINY_MODEL, assert_one_line_error, needs_bpe, sample_text, varied_examples,
-                      write_hellaswag)
+from conftest import TINY_MODEL, assert_one_line_error, needs_bpe
+from made_up import sample_text, varied_examples, write_hellaswag
 from nanogpt import corpus, evals, models, runtime, tokens
 from nanogpt.data import Blocks, check_dataset, document_starts, read_meta
 

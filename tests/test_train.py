@@ -16,7 +16,7 @@ def wandb_offline(folder):
     return {'WANDB_MODE': 'offline', 'WANDB_DIR': str(folder)}
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope='session')  # not module: a worker that ran another module's test in between would run it again
 def high_lr_run(tmp_path_factory, prepared_data):
     """(folder, stdout) of one train.py run: 30 iterations at a learning rate high enough for val loss to
     climb, evaluated and checkpointed every 5, logged to wandb offline."""
@@ -29,7 +29,7 @@ def high_lr_run(tmp_path_factory, prepared_data):
     return folder, result.stdout
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope='session')
 def resumed_run(tmp_path_factory, high_lr_run):
     """(folder, stdout): a copy of high_lr_run's folder, resumed to 40 iterations; the model's shape
     comes from the checkpoint, the learning rate from train.py's defaults."""
@@ -136,7 +136,7 @@ def test_wandb_offline_logs_derived_values_and_resumes_the_same_run(high_lr_run,
 # train.py's defaults, as far as its settings checks read them
 DEFAULTS = dict(batch_size=12, block_size=1024, gradient_accumulation_steps=40, eval_interval=2000, eval_iters=200,
                 log_interval=1, max_iters=600000, learning_rate=6e-4, min_lr=6e-5, warmup_iters=2000,
-                hellaswag_interval=0, fsdp=False)
+                hellaswag_interval=0, fsdp=False, dist_timeout=600)
 
 
 def test_training_settings_are_checked_up_front(refused):

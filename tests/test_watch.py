@@ -14,18 +14,17 @@ from nanogpt import models, report, tokens
 from conftest import REPO, TINY_MODEL, script_env, load_script, needs_bpe
 
 
-def test_start_up_block_eval_lines_and_summary(run, char_data):
-    out = run('train.py', '--dataset=tiny', *TINY_MODEL, '--max_iters=20', '--eval_interval=10',
-              '--always_save_checkpoint=False').stdout
+def test_start_up_block_eval_lines_and_summary(trained, tmp_path):
+    out = (tmp_path / 'trained.txt').read_text()  # the trained fixture's train.py, 30 iterations, evaluated every 10
     assert 'device cpu, dtype float32, compile False, 1 process' in out
     assert 'parameters (2 layers, 2 heads, 16 wide, context 16, vocabulary' in out
-    assert '64 tokens per iteration (4 sequences x 16 tokens x 1 micro-steps); 20 iterations; out_dir out' in out
+    assert '64 tokens per iteration (4 sequences x 16 tokens x 1 micro-steps); 30 iterations; out_dir out' in out
     assert 'step 0: train loss' in out and 'no checkpoint written' in out  # nothing is saved at step 0
     assert 'step 10: train loss' in out and 'saved out/ckpt.pt' in out
     summary = [line for line in out.splitlines() if line.startswith('done:')][0]
-    for part in ('20 iterations in', 'best val loss', '1,280 tokens seen', 'peak memory'):
+    for part in ('30 iterations in', 'best val loss', '1,920 tokens seen', 'peak memory'):
         assert part in summary
-    assert 'checkpoint: out/ckpt.pt (iteration 20); sample from it: python sample.py --out_dir=out' in out
+    assert 'checkpoint: out/ckpt.pt (iteration 30); sample from it: python sample.py --out_dir=out' in out
 
 
 def test_gpu_config_on_a_cpu_warns_with_a_time_estimate(tmp_path, char_data):

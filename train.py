@@ -78,6 +78,7 @@ lr_decay_iters = 600000  # ~= max_iters per Chinchilla
 min_lr = 6e-5  # ~= learning_rate/10 per Chinchilla
 # system
 backend = 'auto'  # DDP backend: 'auto' is nccl on CUDA, gloo on CPU
+dist_timeout = 600  # seconds a torchrun rank waits for the others before it stops and names the lost ones
 fsdp = False  # under torchrun: shard weights, gradients and AdamW state across processes (FSDP2), not DDP
 device = 'auto'  # 'auto' (cuda, then mps, then cpu), 'cpu', 'cuda', 'cuda:1', 'mps'
 dtype = 'auto'  # 'float32', 'bfloat16', 'float16'; auto: bfloat16 (else float16) on CUDA, float32 elsewhere
@@ -92,14 +93,19 @@ config, explicit = configure(globals())
 settings.check_training(config)
 distributed.check_fsdp_setting(fsdp, device, optimizer, onednn)
 # oneDNN's linear op is not tried on FSDP's sharded weights
-rt = runtime.setup_runtime(device, dtype, compile, backend, seed, False if fsdp else onednn)
+rt = runtime.setup_runtime(device, dtype, compile, backend, seed, False if fsdp else onednn, dist_timeout)
 compile_scope = runtime.resolve_compile_scope(compile_scope, rt.compile, fsdp, rt.world_size)
 settings.check_world_size(gradient_accumulation_steps, rt.world_size, fsdp)
 gradient_accumulation_steps //= rt.world_size  # each rank does its share of the micro-steps
 ckpt_path = os.path.join(out_dir, checkpoints.CKPT_NAME)
+# a group that torchrun --max-restarts started again goes on from this run's latest checkpoint
+if rt.restarts:
+    init_from = checkpoints.restart_point(out_dir, init_from, rt.restarts, say=rt.master)
 if rt.master:
     out_dirs.ensure_writable(out_dir)
     out_dirs.lock_out_dir(out_dir)  # a second run into this out_dir is refused until this one exits
+    if init_from != 'resume' and not eval_only and not rt.restarts:  # a new run: the one before it moves aside
+        out_dirs.keep_previous_run(out_dir, init_from)
 
 # -----------------------------------------------------------------------------
 # the data and the model: from scratch, resumed from out_dir, or another run's or GPT-2's weights
@@ -119,6 +125,10 @@ elif init_from == 'resume':
     models.check_overrides(model, config, explicit, out_dir=out_dir)
     models.check_tokenizer(checkpoint, meta, data_dir)
     iter_num, best_val_loss = checkpoint['iter_num'], float(checkpoint['best_val_loss'])
+    written_by = len(checkpoint.get('rng', ())) or rt.world_size  # one random state per rank (the original's: none)
+    if rt.master and written_by != rt.world_size:  # each rank draws its own batches
+        print(f"{written_by} processes wrote {resume_path}, {rt.world_size} resume it: the batches differ from "
+              f"iteration {iter_num} on")
     if (changed := checkpoints.changed_settings(checkpoint, config)) and rt.master:
         print(f"settings changed since the checkpoint: {', '.join(changed)}")
 elif models.is_run(init_from):  # another run's out_dir: its weights start a new run (finetuning)

@@ -10,7 +10,7 @@ import warnings
 import torch
 
 from nanogpt.distributed import load_optimizer_state, local
-from nanogpt.report import fail, first_line
+from nanogpt.report import fail, first_line, read_metrics
 
 CKPT_NAME = 'ckpt.pt'  # the checkpoint train.py writes and sample.py reads, as in the original
 LAST_NAME = 'last.pt'  # the latest state, written when a run is stopped early, for resuming
@@ -104,17 +104,46 @@ def changed_settings(checkpoint, config):
 
 
 def latest_checkpoint(out_dir):
-    """The checkpoint to resume from: ckpt.pt, or last.pt (written when a run is stopped) if
-    that one is further along."""
-    best, last = os.path.join(out_dir, CKPT_NAME), os.path.join(out_dir, LAST_NAME)
-    if not os.path.exists(last):
-        return best
-    if not os.path.exists(best):
-        return last
+    """The checkpoint to resume from: the further along of ckpt.pt and last.pt (written when a run
+    is stopped) that reads; ckpt.pt when neither does, for load_checkpoint's clear error."""
+    readable = [(iteration, name == CKPT_NAME, path) for name in (CKPT_NAME, LAST_NAME)
+                if (iteration := _iteration(path := os.path.join(out_dir, name))) is not None]
+    return max(readable)[2] if readable else os.path.join(out_dir, CKPT_NAME)
+
+
+def restart_point(out_dir, init_from, attempt, say=True):
+    """Where a group that torchrun started again after a rank failed (attempt > 0) goes on from:
+    'resume', from this run's latest checkpoint that reads, whatever init_from said at first; or
+    init_from itself when the run saved none before it failed. With say, a line says which."""
+    metrics = os.path.join(out_dir, 'metrics.jsonl')
+    reached = max((e.get('iter', 0) for e in read_metrics(out_dir)), default=0) if os.path.exists(metrics) else 0
+    passed_over = []
+    for name in (CKPT_NAME, LAST_NAME):
+        path = os.path.join(out_dir, name)
+        if os.path.exists(f"{path}.tmp"):  # writes are atomic: a .tmp left behind is a write the failure cut short
+            passed_over.append(f"{path}.tmp (cut short)")
+        if os.path.exists(path) and _iteration(path) is None:  # damaged some other way: a copy, a disk
+            passed_over.append(f"{path} (unreadable)")
+    passed_over = f"; passed over {', '.join(passed_over)}" if passed_over else ''
+    path = latest_checkpoint(out_dir)
+    iteration = _iteration(path)
+    head = f"torchrun restart {attempt} (a rank failed)"
+    if iteration is not None:
+        line = (f"{head}: resuming from {path} at iteration {iteration}; {max(reached - iteration, 0)} iterations "
+                f"done again{passed_over}")
+    else:
+        line = f"{head}: no checkpoint of this run yet{passed_over}; starting again from init_from={init_from!r}"
+    if say:
+        print(line, flush=True)
+    return init_from if iteration is None else 'resume'
+
+
+def _iteration(path):
+    """checkpoint_iter, or None where there is no checkpoint that reads: missing, cut short, not one."""
     try:
-        return last if checkpoint_iter(last) > checkpoint_iter(best) else best
+        return checkpoint_iter(path)
     except Exception:
-        return best  # unreadable: loading it properly gives the clear error
+        return None
 
 
 def checkpoint_iter(path):

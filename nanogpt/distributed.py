@@ -10,15 +10,24 @@ CPU one tensor at a time. torch.distributed's FSDP modules take half a second to
 are imported only where FSDP is used, not in every run of train.py.
 """
 
+import atexit
+import datetime
+import functools
 import hashlib
+import ipaddress
 import os
+import re
 import signal
+import socket
+import struct
 import sys
+import time
+import uuid
 import warnings
 
 import torch
 
-from nanogpt.report import fail
+from nanogpt.report import fail, first_line
 
 def torchrun_ranks():
     """(under torchrun, rank, local rank, world size) from torchrun's environment; (False, 0, 0, 1) without it."""
@@ -27,15 +36,126 @@ def torchrun_ranks():
     return True, int(os.environ['RANK']), int(os.environ['LOCAL_RANK']), int(os.environ['WORLD_SIZE'])
 
 
-def join_group(device, backend='auto'):
-    """Join torchrun's process group from this rank's device: nccl on CUDA, gloo elsewhere
-    ('auto'); returns the backend. leave_group below tears it down."""
+def join_group(device, backend='auto', timeout_s=600):
+    """Join torchrun's process group from this rank's device: nccl on CUDA, gloo elsewhere ('auto').
+    Returns the backend and how many times torchrun has started the group before in this job (its
+    --max-restarts after a rank failed). No collective waits longer than timeout_s for the others:
+    then this rank names the ranks that did not answer and stops (exit status 2), so that torchrun
+    can start the group again. leave_group below tears it down."""
     if device.startswith('mps'):
         fail("DDP is not supported on MPS; use --device=cpu with torchrun, or drop torchrun")
     if backend == 'auto':
         backend = 'nccl' if device.startswith('cuda') else 'gloo'
-    torch.distributed.init_process_group(backend=backend)
-    return backend
+    several_hosts = os.environ.get('LOCAL_WORLD_SIZE', os.environ['WORLD_SIZE']) != os.environ['WORLD_SIZE']
+    if several_hosts:
+        reach_master(timeout_s, backend)
+    timeout = datetime.timedelta(seconds=timeout_s)
+    job_store, rank, world_size = next(torch.distributed.rendezvous('env://', timeout=timeout))
+    # torchrun hands every start of the group the same store, holding the keys of the starts before,
+    # whose dead ranks' addresses gloo waited on for good: each start works under keys of its own
+    store = torch.distributed.PrefixStore(_fresh_prefix(job_store, rank, world_size, timeout_s), job_store)
+    if rank == 0:
+        store.set('starts before', str(job_store.add('nanogpt starts', 1) - 1))
+    restarts = int(store.get('starts before'))
+    sys.excepthook = functools.partial(_stop_on_lost_ranks, store, rank, world_size, timeout_s)
+    torch.distributed.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=timeout)
+    return backend, restarts
+
+
+def _fresh_prefix(store, rank, world_size, timeout_s):
+    """A key prefix that the ranks of this start of the group agree on and no earlier start used.
+    torchrun's TORCHELASTIC_RESTART_COUNT cannot be it: a host whose agent restarts its workers
+    because another host's failed counts no restart. Each rank posts a random nonce; the prefix is
+    the hash of all ranks' nonces, once every rank has posted the same hash (an earlier start's
+    nonces and hashes, still in the store, never match this start's)."""
+    store.set(f'nonce {rank}', uuid.uuid4().hex)
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        prefix = hashlib.sha256(b' '.join(store.get(f'nonce {r}') for r in range(world_size))).hexdigest()[:16]
+        store.set(f'prefix {rank}', prefix)
+        if all(store.get(f'prefix {r}').decode() == prefix for r in range(world_size)):
+            return prefix
+        time.sleep(0.1)
+    fail(f"the {world_size} ranks did not all start within dist_timeout={timeout_s} s", every_rank=True)
+
+
+def reach_master(timeout_s, backend):
+    """On several hosts, before joining: the master's store must be reachable from here, and gloo must
+    talk on the interface that reaches it, or the ranks wait on each other without a word."""
+    host, port = os.environ['MASTER_ADDR'], int(os.environ['MASTER_PORT'])
+    # torchrun's agent holds the store, up before any worker starts: a refusal will not pass
+    agent_store = os.environ.get('TORCHELASTIC_USE_AGENT_STORE') == 'True'
+    deadline = time.time() + timeout_s
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=min(10, timeout_s)) as connection:
+                own_address, master_address = connection.getsockname()[0], connection.getpeername()[0]
+            break
+        except OSError as e:
+            if agent_store or time.time() > deadline:
+                fail(f"cannot reach the master's store at {host}:{port} from this host ({e.strerror or e}): "
+                     f"start torchrun on every host with --rdzv-endpoint=<an address all hosts reach>:PORT, "
+                     f"--local-addr=<this host's address>, and --rdzv-conf=is_host=1 on the endpoint's host "
+                     f"(docs/distributed.md, Several machines)", every_rank=True)
+            time.sleep(1)
+    # a master on loopback: every "host" is a process group on this machine, and loopback joins them
+    if backend == 'gloo' and not os.environ.get('GLOO_SOCKET_IFNAME') and \
+            not ipaddress.ip_address(master_address).is_loopback:
+        interface = _interface_with(own_address)
+        if interface is None or ipaddress.ip_address(own_address).is_loopback:
+            fail(f"this host reaches the master {host} through {own_address}, which other hosts cannot reach: "
+                 f"start torchrun with --local-addr=<this host's address the others reach>, or set "
+                 f"GLOO_SOCKET_IFNAME to the network interface that joins the hosts", every_rank=True)
+        os.environ['GLOO_SOCKET_IFNAME'] = interface
+        if os.environ.get('LOCAL_RANK') == '0':
+            print(f"gloo: GLOO_SOCKET_IFNAME={interface} ({own_address}, the interface that reaches the master "
+                  f"{host}); set it yourself to choose another", flush=True)
+
+
+def _interface_with(address):
+    """The name of the network interface that holds an IPv4 address (Linux), or None."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    for _, name in socket.if_nameindex():
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            try:  # SIOCGIFADDR: the interface's address, bytes 20-24 of the struct ifreq it fills
+                request = fcntl.ioctl(probe.fileno(), 0x8915, struct.pack('256s', name.encode()[:15]))
+            except OSError:
+                continue
+        if socket.inet_ntoa(request[20:24]) == address:
+            return name
+    return None
+
+
+def _stop_on_lost_ranks(store, rank, world_size, timeout_s, kind, error, trace):
+    """sys.excepthook of a rank in the group: a collective that failed (it timed out, or a rank's
+    process or link is gone) ends this rank with one line that names the ranks that did not answer;
+    any other error is Python's to report."""
+    from_the_group = isinstance(error, torch.distributed.DistError) or isinstance(error, RuntimeError) and \
+        any(word in str(error) for word in ('gloo', 'Gloo', 'NCCL', 'Timed out', 'Connection'))
+    if not from_the_group:
+        return sys.__excepthook__(kind, error, trace)
+    # every rank still alive checks in: they all meet the failure within about a second (the timeout
+    # started with the same collective, a lost peer's connections close at once); the rest are lost
+    try:
+        store.set(f'alive-{rank}', '1')
+        deadline = time.time() + min(3, timeout_s)
+        while time.time() < deadline and not store.check([f'alive-{r}' for r in range(world_size)]):
+            time.sleep(0.2)
+        lost = [r for r in range(world_size) if not store.check([f'alive-{r}'])]
+        lost = f"rank{'s' if len(lost) > 1 else ''} {', '.join(map(str, lost))} did not answer" if lost else \
+            "the group failed"
+    except Exception:
+        lost = "the other ranks did not answer (nor did their store)"
+    why = re.sub(r'^\[[^\]]*\]\s*', '', first_line(error))  # gloo's source file and line: not the user's business
+    # to the real stderr: torch's hook around this one holds sys.stderr back until the hook returns, which it does not
+    print(f"{os.path.basename(sys.argv[0])}: rank {rank}: {lost} ({why}); stopping, so that "
+          f"torchrun --max-restarts can start the group again (it resumes from the latest checkpoint); "
+          f"dist_timeout={timeout_s} s bounds the wait", file=sys.__stderr__, flush=True)
+    atexit._run_exitfuncs()  # the lock, the metrics file: what a normal exit does
+    os._exit(2)  # not the interpreter's teardown, whose process-group destructor can wait on the lost rank
 
 
 def all_ranks_mean(value, runtime):

@@ -1,15 +1,19 @@
 """
-A run's out_dir: writable before any work starts, and held by one run at a time (its lock file).
+A run's out_dir: writable before any work starts, held by one run at a time (its lock file), and
+an earlier run's checkpoint kept aside when a new run starts there.
 """
 import atexit
 import json
 import os
+import shutil
 import socket
 import time
 
+from nanogpt.checkpoints import CKPT_NAME, LAST_NAME, describe
 from nanogpt.report import fail
 
 LOCK_NAME = 'train.lock'  # while a run writes into its out_dir: who it is, so that a second run is refused
+PREVIOUS = 'previous'  # in an out_dir: the run before this one, moved aside, an out_dir of its own
 
 
 def ensure_writable(folder, setting='out_dir'):
@@ -93,3 +97,35 @@ def _unlock(path, pid):
             os.remove(path)
         except OSError:
             pass
+
+
+def keep_previous_run(out_dir, init_from):
+    """A new run into an out_dir that holds an earlier run's checkpoint: that run's checkpoints and
+    metrics move to out_dir/previous/, where sample.py, eval.py or a resume find them, replacing what
+    the run before it had left there. Starting over by running a command again keeps working, as in
+    the original, and loses no run without a line that says so."""
+    files = [name for name in (CKPT_NAME, LAST_NAME, 'metrics.jsonl') if os.path.exists(os.path.join(out_dir, name))]
+    if not {CKPT_NAME, LAST_NAME} & set(files):
+        return
+    if os.path.realpath(init_from) == os.path.realpath(out_dir):
+        fail(f"init_from is this out_dir ({out_dir}): --init_from=resume continues its run; to finetune its "
+             f"weights in a new run, give that run another --out_dir")
+    aside = os.path.join(out_dir, PREVIOUS)
+    replaced = os.path.isdir(aside)
+    try:
+        what = describe(os.path.join(out_dir, CKPT_NAME if CKPT_NAME in files else LAST_NAME))
+    except Exception:  # unreadable: it is still moved, not judged
+        what = 'a checkpoint'
+    try:
+        if replaced:
+            shutil.rmtree(aside)
+        os.makedirs(aside)
+        for name in files:
+            os.replace(os.path.join(out_dir, name), os.path.join(aside, name))
+    except OSError as e:
+        fail(f"cannot move the earlier run in {out_dir} aside to {aside} ({e.strerror}); continue it with "
+             f"--init_from=resume, or choose another --out_dir")
+    print(f"{out_dir} held an earlier run, its checkpoint {what}: moved it to {aside}/ (sample or resume it with "
+          f"--out_dir={aside})"
+          + ("; the run before that one, which was there, is gone" if replaced else '')
+          + "; to continue a run instead of starting over, use --init_from=resume", flush=True)

@@ -137,13 +137,15 @@ def describe_linears(runtime):
     return f", {'oneDNN' if runtime.onednn else 'plain'} linears{why}"
 
 
-def setup_runtime(device, dtype, compile, backend='auto', seed=1337, onednn='auto'):
+def setup_runtime(device, dtype, compile, backend='auto', seed=1337, onednn='auto', dist_timeout=600):
     """Everything about where and how the math runs, for train.py, sample.py and bench.py.
 
     Under torchrun (RANK is set) this joins the process group, puts each rank on its own
-    device (cuda:LOCAL_RANK, or the CPU) and picks nccl on CUDA, gloo elsewhere.
+    device (cuda:LOCAL_RANK, or the CPU) and picks nccl on CUDA, gloo elsewhere; no rank waits
+    longer than dist_timeout seconds for the others.
     """
     ddp, rank, local_rank, world_size = distributed.torchrun_ranks()
+    restarts = 0  # how many times torchrun has started the group before, after a rank failed
     if ddp:
         if device == 'auto':
             device = 'cuda' if torch.cuda.is_available() else 'cpu'
@@ -155,7 +157,7 @@ def setup_runtime(device, dtype, compile, backend='auto', seed=1337, onednn='aut
         # means this one, also for --device=cuda:1 without torchrun
         torch.cuda.set_device(device)
     if ddp:
-        backend = distributed.join_group(device, backend)
+        backend, restarts = distributed.join_group(device, backend, dist_timeout)
     device_type = torch.device(device).type
     if device_type == 'cpu':
         memory.keep_freed_memory()
@@ -180,7 +182,7 @@ def setup_runtime(device, dtype, compile, backend='auto', seed=1337, onednn='aut
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     return SimpleNamespace(
-        ddp=ddp, rank=rank, local_rank=local_rank, world_size=world_size, master=rank == 0,
+        ddp=ddp, rank=rank, local_rank=local_rank, world_size=world_size, master=rank == 0, restarts=restarts,
         device=device, device_type=device_type, dtype=dtype, ptdtype=ptdtype, backend=backend,
         compile=compile, onednn=onednn, onednn_reason=onednn_reason,
         autocast=nullcontext() if dtype == 'float32' else torch.autocast(device_type, dtype=ptdtype),

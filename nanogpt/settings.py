@@ -3,7 +3,8 @@ train.py's settings that can be checked before anything is built: each mistake o
 """
 from nanogpt.report import fail
 
-AT_LEAST_ONE = ('batch_size', 'block_size', 'gradient_accumulation_steps', 'eval_interval', 'eval_iters', 'log_interval')
+AT_LEAST_ONE = ('batch_size', 'block_size', 'gradient_accumulation_steps', 'eval_interval', 'eval_iters', 'log_interval',
+                'dist_timeout')
 NOT_NEGATIVE = ('max_iters', 'learning_rate', 'min_lr', 'warmup_iters', 'hellaswag_interval')
 
 

@@ -4,6 +4,7 @@ failed; a rank that stops answering is named within dist_timeout; two hosts (net
 as one host does; a new run into a used out_dir keeps the earlier run's checkpoint aside."""
 import contextlib
 import functools
+import json
 import os
 import shutil
 import signal
@@ -162,16 +163,18 @@ def two_hosts():
     except subprocess.CalledProcessError as e:
         pytest.skip(f"network namespaces cannot be made here: {e.stderr.strip()}")
     finally:  # a namespace takes its end of the veth pair with it, and so the pair
-        left = [host for host in hosts if subprocess.run(['ip', 'netns', 'del', host], capture_output=True).returncode]
-        assert not left or not set(left) & set(subprocess.run(['ip', 'netns', 'list'], capture_output=True,
-                                                               text=True).stdout.split()), f"could not remove {left}"
+        for host in hosts:
+            subprocess.run(['ip', 'netns', 'del', host], capture_output=True)
+        left = set(hosts) & set(subprocess.run(['ip', 'netns', 'list'], capture_output=True, text=True).stdout.split())
+        assert not left, f"could not remove the namespaces {left}"
 
 
 def logged_iteration(out_dir):
     """The last iteration a run's metrics.jsonl has a line for (0 before the first)."""
     try:
-        return max([int(line.split('"iter": ')[1].split(',')[0]) for line in (out_dir / 'metrics.jsonl').open()
-                    if '"event": "train"' in line and line.endswith('\n')], default=0)
+        with open(out_dir / 'metrics.jsonl') as f:  # its last line may be half written: only whole ones
+            return max((json.loads(line)['iter'] for line in f if line.endswith('\n') and '"event": "train"' in line),
+                       default=0)
     except OSError:
         return 0
 

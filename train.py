@@ -6,7 +6,6 @@ $ python train.py config/train_shakespeare_char_cpu.py --max_iters=500   # the l
 $ torchrun --standalone --nproc_per_node=4 train.py config/train_gpt2.py   # DDP; FSDP: add --fsdp=True
 More machines, and everything else: docs/training.md, docs/distributed.md, docs/settings.md
 """
-import gc
 import math
 import os
 import sys
@@ -125,12 +124,8 @@ elif init_from == 'resume':
     models.check_overrides(model, config, explicit, out_dir=out_dir)
     models.check_tokenizer(checkpoint, meta, data_dir)
     iter_num, best_val_loss = checkpoint['iter_num'], float(checkpoint['best_val_loss'])
-    written_by = len(checkpoint.get('rng', ())) or rt.world_size  # one random state per rank (the original's: none)
-    if rt.master and written_by != rt.world_size:  # each rank draws its own batches
-        print(f"{written_by} processes wrote {resume_path}, {rt.world_size} resume it: the batches differ from "
-              f"iteration {iter_num} on")
-    if (changed := checkpoints.changed_settings(checkpoint, config)) and rt.master:
-        print(f"settings changed since the checkpoint: {', '.join(changed)}")
+    if (changes := checkpoints.describe_changes(checkpoint, config, resume_path, rt.world_size)) and rt.master:
+        print(changes)
 elif models.is_run(init_from):  # another run's out_dir: its weights start a new run (finetuning)
     model = models.run_model(init_from, meta, data_dir, dropout)
     models.check_overrides(model, config, explicit, pretrained=init_from)
@@ -150,10 +145,9 @@ if block_size < model.config.block_size:  # e.g. finetuning GPT-2 on shorter blo
     model.crop_block_size(block_size)
 model_args = models.model_args_of(model.config)  # what the checkpoint's model really is
 config.update({k: getattr(model.config, k) for k in models.MODEL_SHAPE_KEYS})
-vocab_size = model.config.vocab_size
 models.check_vocab_size(model, meta, data_dir)
-blocks = data.Blocks(data_dir, meta, block_size, vocab_size, batching)  # checks the files first
-hellaswag = evals.load_hellaswag(hellaswag_file, rt, meta, vocab_size) if hellaswag_interval else None
+blocks = data.Blocks(data_dir, meta, block_size, model.config.vocab_size, batching)  # checks the files first
+hellaswag = evals.load_hellaswag(hellaswag_file, rt, meta, model.config.vocab_size) if hellaswag_interval else None
 tokens_per_iter = gradient_accumulation_steps * rt.world_size * batch_size * block_size
 if fsdp:  # block by block onto the device, sharded: no rank ever holds the whole model there
     distributed.shard(model, rt)
@@ -162,9 +156,8 @@ runtime.place_model(model, rt)
 # -----------------------------------------------------------------------------
 # the optimizer, DDP and compile
 scaler = torch.amp.GradScaler(rt.device_type, enabled=rt.dtype == 'float16')  # no-op unless float16
-optimizer = optimizers.configure(model, optimizer, weight_decay, learning_rate, (beta1, beta2),
-                                 rt.device_type, muon_learning_rate, muon_momentum, muon_weight_decay,
-                                 muon_ns_steps)
+optimizer = optimizers.configure(model, optimizer, weight_decay, learning_rate, (beta1, beta2), rt.device_type,
+                                 muon_learning_rate, muon_momentum, muon_weight_decay, muon_ns_steps)
 if checkpoint is not None:
     checkpoints.load_training_state(checkpoint, model, optimizer, scaler, config['optimizer'], fsdp)
 raw_model = model
@@ -256,11 +249,7 @@ stop = distributed.GracefulStop()  # from here on Ctrl-C / SIGTERM: finish the s
 if rt.master:
     print(f"device {rt.device}, dtype {rt.dtype}, compile {rt.compile}, "
           f"{runtime.describe_processes(rt, fsdp)}{runtime.describe_linears(rt)}")
-    modern = raw_model.config.modern_choices() and f"; modern: {report.describe_choices(raw_model.config)}"
-    shape = raw_model.config
-    print(f"model: {report.format_count(n_params)} parameters ({shape.n_layer} layers, {shape.n_head} heads, "
-          f"{shape.n_embd} wide, context {block_size}, vocabulary {vocab_size}){modern or ''}; "
-          f"optimizer: {config['optimizer']}")
+    print(report.describe_model(raw_model.config, n_params, block_size, config['optimizer']))
     print(f"{tokens_per_iter:,} tokens per iteration ({batch_size} sequences x {block_size} tokens x "
           f"{gradient_accumulation_steps * rt.world_size} micro-steps); {max_iters:,} iterations; "
           f"out_dir {out_dir}")
@@ -392,17 +381,16 @@ while True:
 # -----------------------------------------------------------------------------
 # the end: a finished run's summary; every rank leaves the group; the exit status says why it ended
 if ended == 'finished':
-    last_path = os.path.join(out_dir, checkpoints.LAST_NAME)
-    if rt.master and not eval_only and os.path.exists(last_path):
+    if rt.master and not eval_only and os.path.exists(last_path := os.path.join(out_dir, checkpoints.LAST_NAME)):
         os.remove(last_path)  # the state of a stop this run has now gone past
     if rt.ddp and not fsdp:  # FSDP's ranks hold different shards by design
         distributed.check_weights_agree(raw_model, rt)
     if rt.master and not eval_only:
         # with compile, its counts: a graph break or a recompile after warm-up costs speed on every step
         took = report.format_duration(time.time() - run_start)
-        log.event('done', f"done: {iter_num} iterations in {took}, "
-                  f"best val loss {best_val_loss:.4f}, {iter_num * tokens_per_iter:,} tokens seen "
-                  f"({(iter_num - start_iter) * tokens_per_iter:,} in this run), {memory.peak_memory(rt)}"
+        log.event('done', f"done: {iter_num} iterations in {took}, best val loss {best_val_loss:.4f}, "
+                  f"{iter_num * tokens_per_iter:,} tokens seen ({(iter_num - start_iter) * tokens_per_iter:,} in "
+                  f"this run), {memory.peak_memory(rt)}"
                   + (f"\n{runtime.describe_compile()} ({compile_scope})" if rt.compile else ''),
                   iter=iter_num, best_val_loss=best_val_loss, seconds=time.time() - run_start,
                   **memory.peak_memory_gb(rt), **(runtime.compile_counts() if rt.compile else {}))
@@ -410,11 +398,8 @@ if ended == 'finished':
             print(f"checkpoint: {checkpoints.describe(ckpt_path)}; sample from it: python sample.py "
                   f"--out_dir={out_dir}; plot the losses: python plot.py --out_dir={out_dir}")
 log.close()
-if rt.ddp:
-    # free DDP (it sits in reference cycles, and the last loss's graph runs through its hooks) and
-    # tear the group down while the interpreter is whole: left to the exit, it can abort
-    model = loss = None
-    gc.collect()
+if rt.ddp:  # the group torn down while the interpreter is whole: left to the exit, it can abort
+    model = loss = None  # DDP, and the last loss's graph that runs through its hooks: leave_group frees them
     distributed.leave_group(rt)
 # a run asked to stop during its final evaluation has finished, but exits as a stopped one does
 sys.exit({'finished': stop.exit_code() if stop.requested else 0, 'stopped': stop.exit_code(), 'diverged': 1,

@@ -97,10 +97,18 @@ def load_training_state(checkpoint, model, optimizer, scaler, optimizer_name, fs
         scaler.load_state_dict(checkpoint['scaler'])
 
 
-def changed_settings(checkpoint, config):
-    """'name old -> new' for each setting a resumed run changes from the checkpoint's."""
-    return [f"{k} {v!r} -> {config[k]!r}" for k, v in checkpoint.get('config', {}).items()
-            if k in config and k != 'init_from' and v != config[k]]
+def describe_changes(checkpoint, config, path, world_size):
+    """What a resumed run does otherwise than the run that wrote the checkpoint at path: its settings
+    ('name old -> new' each) and the number of processes, each rank drawing its own batches."""
+    lines = []
+    written_by = len(checkpoint.get('rng', ())) or world_size  # one random state per rank (the original's: none)
+    if written_by != world_size:
+        lines.append(f"{written_by} processes wrote {path}, {world_size} resume it: the batches differ from "
+                     f"iteration {checkpoint['iter_num']} on")
+    if changed := [f"{k} {v!r} -> {config[k]!r}" for k, v in checkpoint.get('config', {}).items()
+                   if k in config and k != 'init_from' and v != config[k]]:
+        lines.append(f"settings changed since the checkpoint: {', '.join(changed)}")
+    return '\n'.join(lines)
 
 
 def latest_checkpoint(out_dir):

@@ -105,6 +105,13 @@ def describe_choices(config):
     return ', '.join(words.get(name) or f"{name}={value}" for name, value in config.modern_choices().items())
 
 
+def describe_model(shape, n_params, block_size, optimizer):
+    """train.py's start-up line for the model: its size and shape, its modern choices, the optimizer."""
+    modern = shape.modern_choices() and f"; modern: {describe_choices(shape)}"
+    return f"model: {format_count(n_params)} parameters ({shape.n_layer} layers, {shape.n_head} heads, " \
+        f"{shape.n_embd} wide, context {block_size}, vocabulary {shape.vocab_size}){modern or ''}; optimizer: {optimizer}"
+
+
 def say_diverged(first_iter, last_iter, last_good):
     """train.py's line for a loss that became non-finite somewhere in first_iter..last_iter."""
     when = f"at iteration {last_iter}" if first_iter == last_iter else \

@@ -15,8 +15,8 @@ from contextlib import nullcontext
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from nanogpt import (checkpoints, data, distributed, evals, flops, memory, models, optimizers, out_dirs, randomness,
-                     report, runtime, settings)
+from nanogpt import (checkpoints, data, distributed, evals, flops, lora, memory, models, optimizers, out_dirs,
+                     randomness, report, runtime, settings)
 from configurator import configure
 from model import MODERN_DEFAULTS
 
@@ -82,9 +82,16 @@ fsdp = False  # under torchrun: shard weights, gradients and AdamW state across 
 device = 'auto'  # 'auto' (cuda, then mps, then cpu), 'cpu', 'cuda', 'cuda:1', 'mps'
 dtype = 'auto'  # 'float32', 'bfloat16', 'float16'; auto: bfloat16 (else float16) on CUDA, float32 elsewhere
 compile = 'auto'  # torch.compile the model; 'auto' is on for CUDA only
-compile_scope = 'auto'  # 'model' (one graph) or 'blocks' (each block compiled); auto: blocks under torchrun
+compile_scope = 'auto'  # 'model' (one graph) or 'blocks'; auto: blocks under torchrun or with activation_checkpointing
 onednn = 'auto'  # CPU, float32: Linear layers' matmuls in oneDNN; 'auto': on AMD CPUs with AVX-512 (docs/settings.md)
 seed = 1337  # drives the init, the batches and dropout
+# fitting in memory (docs/memory.md)
+activation_checkpointing = False  # recompute each block's activations in the backward pass rather than keep them
+lora_rank = 0  # > 0: finetune rank-r adapters (LoRA) beside the blocks' linears, the model's own weights frozen
+lora_alpha = 16.0  # the adapters' output is scaled by lora_alpha / lora_rank
+lora_dropout = 0.0  # dropout on the adapters' input
+lora_targets = 'attn.c_attn,attn.c_proj,mlp.c_fc,mlp.c_proj'  # the linears of each block that get adapters
+check_memory = True  # CUDA: stop before the run when its memory estimate exceeds the GPU's free memory
 # -----------------------------------------------------------------------------
 config, explicit = configure(globals())
 # -----------------------------------------------------------------------------
@@ -93,7 +100,7 @@ settings.check_training(config)
 distributed.check_fsdp_setting(fsdp, device, optimizer, onednn)
 # oneDNN's linear op is not tried on FSDP's sharded weights
 rt = runtime.setup_runtime(device, dtype, compile, backend, seed, False if fsdp else onednn, dist_timeout)
-compile_scope = runtime.resolve_compile_scope(compile_scope, rt.compile, fsdp, rt.world_size)
+compile_scope = runtime.resolve_compile_scope(compile_scope, rt.compile, fsdp, rt.world_size, activation_checkpointing)
 settings.check_world_size(gradient_accumulation_steps, rt.world_size, fsdp)
 gradient_accumulation_steps //= rt.world_size  # each rank does its share of the micro-steps
 ckpt_path = os.path.join(out_dir, checkpoints.CKPT_NAME)
@@ -118,8 +125,8 @@ if init_from == 'scratch':
     model = models.new_model(model_args)
 elif init_from == 'resume':
     resume_path = checkpoints.latest_checkpoint(out_dir)  # last.pt if a stopped run got further than ckpt.pt
-    # under FSDP every rank reads the whole checkpoint: memory-mapped on the CPU, shared by the ranks
-    checkpoint = checkpoints.load_checkpoint(resume_path, 'cpu' if fsdp else rt.device, mmap=fsdp)
+    # memory-mapped on the CPU (shared by the ranks): nothing goes to a GPU before the memory check
+    checkpoint = checkpoints.load_checkpoint(resume_path, 'cpu', mmap=True)
     model = models.model_from_checkpoint(checkpoint, resume_path, dropout=dropout)
     models.check_overrides(model, config, explicit, out_dir=out_dir)
     models.check_tokenizer(checkpoint, meta, data_dir)
@@ -146,9 +153,13 @@ if block_size < model.config.block_size:  # e.g. finetuning GPT-2 on shorter blo
 model_args = models.model_args_of(model.config)  # what the checkpoint's model really is
 config.update({k: getattr(model.config, k) for k in models.MODEL_SHAPE_KEYS})
 models.check_vocab_size(model, meta, data_dir)
+lora.attach(model, lora_rank, lora_alpha, lora_dropout, lora_targets, init_from, checkpoint, say=rt.master)
 blocks = data.Blocks(data_dir, meta, block_size, model.config.vocab_size, batching)  # checks the files first
 hellaswag = evals.load_hellaswag(hellaswag_file, rt, meta, model.config.vocab_size) if hellaswag_interval else None
 tokens_per_iter = gradient_accumulation_steps * rt.world_size * batch_size * block_size
+peak_estimate = memory.estimate_peak(model, batch_size, block_size, rt.dtype, rt.device_type, config['optimizer'],
+                                     rt.world_size, fsdp, activation_checkpointing)
+memory.check_fits(peak_estimate, rt, check_memory)  # says it; before anything goes to a GPU
 if fsdp:  # block by block onto the device, sharded: no rank ever holds the whole model there
     distributed.shard(model, rt)
 runtime.place_model(model, rt)
@@ -165,6 +176,8 @@ if rt.ddp and not fsdp:
     model = DDP(model, device_ids=[rt.local_rank] if rt.device_type == 'cuda' else None)
 if rt.compile:
     model = runtime.compile_model(raw_model, model, compile_scope, say=rt.master)
+if activation_checkpointing:  # after compile: a compiled block's graph is then the one a run without it has
+    memory.recompute_activations(raw_model)
 
 # -----------------------------------------------------------------------------
 # what the loop calls: batches, evaluation, checkpoints
@@ -220,8 +233,9 @@ def save(path):
         return 'not finite'
     model_state, optimizer_state = distributed.full_state_dicts(raw_model, optimizer) if fsdp else \
         (raw_model.state_dict(), optimizer.state_dict())
+    model_state, adapters = lora.split(raw_model, model_state)  # 'model': merged weights, a plain GPT's
     checkpoint = {
-        'model': model_state, 'optimizer': optimizer_state, 'model_args': model_args,
+        'model': model_state, 'lora': adapters, 'optimizer': optimizer_state, 'model_args': model_args,
         'iter_num': iter_num, 'best_val_loss': best_val_loss, 'config': config,
         'scaler': scaler.state_dict(), 'meta': meta,
         'rng': distributed.gather_from_ranks(randomness.rng_state(), rt),
@@ -390,10 +404,10 @@ if ended == 'finished':
         took = report.format_duration(time.time() - run_start)
         log.event('done', f"done: {iter_num} iterations in {took}, best val loss {best_val_loss:.4f}, "
                   f"{iter_num * tokens_per_iter:,} tokens seen ({(iter_num - start_iter) * tokens_per_iter:,} in "
-                  f"this run), {memory.peak_memory(rt)}"
+                  f"this run), {memory.peak_memory(rt, peak_estimate)}"
                   + (f"\n{runtime.describe_compile()} ({compile_scope})" if rt.compile else ''),
                   iter=iter_num, best_val_loss=best_val_loss, seconds=time.time() - run_start,
-                  **memory.peak_memory_gb(rt), **(runtime.compile_counts() if rt.compile else {}))
+                  **memory.peak_memory_gb(rt, peak_estimate), **(runtime.compile_counts() if rt.compile else {}))
         if os.path.exists(ckpt_path):
             print(f"checkpoint: {checkpoints.describe(ckpt_path)}; sample from it: python sample.py "
                   f"--out_dir={out_dir}; plot the losses: python plot.py --out_dir={out_dir}")

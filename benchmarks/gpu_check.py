@@ -121,13 +121,14 @@ def add_row(**row):
 def write_report(passed=None):
     """table.md from the rows so far (after every step, so a check that stops early keeps them)."""
     show = lambda value, fmt: '' if value is None else format(value, fmt)
-    lines = [f"{environment}\n", '| case | ms/iter | tokens/s | MFU | peak GPU GB | best val loss | seconds | note |',
-             '| --- ' * 8 + '|']
+    lines = [f"{environment}\n", '| case | ms/iter | tokens/s | MFU | peak GPU GB | estimate GB | best val loss | '
+             'seconds | note |', '| --- ' * 9 + '|']
     for row in rows:
         mfu = row.get('mfu')
         lines.append(f"| {row['case']} | {show(row.get('ms_per_iter'), '.1f')} | {show(row.get('tokens_per_s'), ',.0f')} "
                      f"| {show(mfu and mfu * 100, '.1f')}{'%' if mfu else ''} | {show(row.get('peak_gpu_gb'), '.2f')} | "
-                     f"{show(row.get('val_loss'), '.4f')} | {show(row.get('seconds'), '.1f')} | {row.get('note', '')} |")
+                     f"{show(row.get('memory_estimate_gb'), '.2f')} | {show(row.get('val_loss'), '.4f')} | "
+                     f"{show(row.get('seconds'), '.1f')} | {row.get('note', '')} |")
     lines.append(f"\n{time.time() - started:.0f} s in all; " + ('all checks passed' if passed else
                                                                'stopped early' if passed is None else 'FAILED'))
     with open(os.path.join(report_dir, 'table.md'), 'w') as f:
@@ -191,6 +192,8 @@ def record_training(name, out_dir, seconds, after_iter=0, note=''):
     add_row(case=name, ms_per_iter=statistics.median(e['ms_per_iter'] for e in steps) if steps else None,
             tokens_per_s=statistics.median(e['tokens_per_s'] for e in steps) if steps else None,
             mfu=steps[-1]['mfu'] if steps else None, peak_gpu_gb=done.get('peak_gpu_gb'),
+            # train.py's estimate (memory.estimate_peak) beside torch's own peak: how far off it is on a GPU
+            memory_estimate_gb=done.get('memory_estimate_gb'),
             val_loss=min((e['val_loss'] for e in events if e['event'] == 'eval'), default=None),
             seconds=round(seconds, 1), note=note)
     return events

@@ -108,6 +108,7 @@ def pad_vocab(model, vocab_size=50304):
         model.lm_head = torch.nn.Linear(old.size(1), vocab_size, bias=False)
         model.lm_head.weight.data = torch.cat([head, head.new_zeros(extra, head.size(1))])
     model.config.vocab_size = vocab_size
+    model.new_token_ids = range(old.size(0), vocab_size)
 
 
 def is_pretrained(init_from):

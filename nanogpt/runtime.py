@@ -78,13 +78,15 @@ def describe_compile():
 COMPILE_SCOPES = ('auto', 'model', 'blocks')
 
 
-def resolve_compile_scope(scope, compile, fsdp, world_size):
+def resolve_compile_scope(scope, compile, fsdp, world_size, activation_checkpointing=False):
     """What torch.compile wraps: the whole model ('model': one graph with the embeddings, head and
     loss) or each Transformer block on its own ('blocks': one block's code, compiled once, serves
     every block, so compiling is quicker). FSDP needs blocks: its hooks between the blocks cannot be
     traced, and would break a whole-model graph at every block. 'auto' is blocks under torchrun
     (measured: half the compile time, no graph break, the same ms/iter; benchmarks/README.md) and the whole
-    model in one process, where the head and loss compile with the rest."""
+    model in one process, where the head and loss compile with the rest; but blocks again with
+    activation checkpointing, which then wraps each compiled block and trains the weights a run
+    without it trains, to the bit (traced into one graph, dropout's masks come out otherwise)."""
     if scope not in COMPILE_SCOPES:
         fail(f"--compile_scope takes {', '.join(COMPILE_SCOPES)}, not {scope!r}")
     if fsdp and scope == 'model':
@@ -92,7 +94,7 @@ def resolve_compile_scope(scope, compile, fsdp, world_size):
     if not compile:
         return None
     if scope == 'auto':
-        return 'blocks' if fsdp or world_size > 1 else 'model'
+        return 'blocks' if fsdp or world_size > 1 or activation_checkpointing else 'model'
     return scope
 
 

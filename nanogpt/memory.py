@@ -12,6 +12,7 @@ import torch
 import torch.utils.checkpoint
 
 from nanogpt import distributed
+from nanogpt.lora import LINEARS
 from nanogpt.optimizers import muon_params
 from nanogpt.report import fail
 
@@ -48,7 +49,6 @@ def peak_memory(runtime, estimate=None):
 
 # bytes per element of the math each training dtype runs (under autocast: the matmuls, attention)
 DTYPE_BYTES = {'float32': 4, 'bfloat16': 2, 'float16': 2}
-BLOCK_LINEARS = ('attn.c_attn', 'attn.c_proj', 'mlp.c_fc', 'mlp.c_proj')  # paths inside a Block
 
 
 def _numel(params):
@@ -89,7 +89,7 @@ def block_saved_bytes(model, batch_size, block_size, dtype, device_type, fsdp=Fa
     low = DTYPE_BYTES[dtype]  # the linears' and attention's precision
     stream = low if fsdp else 4
     mask = 1 if device_type == 'cuda' else None  # None: a copy of the input's dtype
-    linears = {path: block.get_submodule(path) for path in BLOCK_LINEARS}
+    linears = {path: block.get_submodule(path) for path in LINEARS}
     per_token = 2 * C * stream + 2 * _norm_saved_bytes(cfg, stream)
     per_token += C * low * (_trains(linears['attn.c_attn']) + _trains(linears['mlp.c_fc']))
     math_attention = device_type == 'cpu' and cfg.dropout > 0

@@ -2,6 +2,7 @@
 the plain GPT with them folded in, a resume goes on with the adapters; the settings that cannot work
 are refused; and train.py under torchrun, DDP and FSDP, finetunes with adapters and activation
 checkpointing and resumes exactly."""
+import re
 import sys
 
 import pytest
@@ -164,6 +165,10 @@ def test_finetuning_under_ddp_and_fsdp_with_activation_checkpointing(tmp_path, t
                                       '--max_new_tokens=20', '--start=ROMEO:'])
     load_script('sample.py')
     assert capsys.readouterr().out.startswith('ROMEO:')
+    # eval.py too: the loss of the merged model on all of val.bin
+    monkeypatch.setattr(sys, 'argv', ['eval.py', '--out_dir=fsdp', '--dataset=tiny', '--device=cpu', '--results_file='])
+    load_script('eval.py')
+    assert re.search(r'^val:tiny +loss +\d\.\d{4} ', capsys.readouterr().out, re.MULTILINE)
     # and export_hf.py's work: the merged model as a Hugging Face GPT-2, which computes what it computes
     models.export_hf('fsdp/ckpt.pt', 'hf')
     plain = GPT(GPTConfig(**split['model_args']))

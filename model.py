@@ -53,7 +53,10 @@ MODERN_DEFAULTS = dict(rotary=False, norm='layernorm', qk_norm=False, mlp='gelu'
 # GPT-2 checkpoints (OpenAI's, and Hugging Face's GPT2LMHeadModel) keep these as Conv1D weights,
 # the transpose of nn.Linear's
 HF_TRANSPOSED = ('attn.c_attn.weight', 'attn.c_proj.weight', 'mlp.c_fc.weight', 'mlp.c_proj.weight')
-PRETRAINED = ('gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl')  # 124M, 350M, 774M, 1558M parameters
+# OpenAI's GPT-2 sizes (124M, 350M, 774M, 1558M parameters): (n_layer, n_head, n_embd) of each
+GPT2_SHAPES = {'gpt2': (12, 12, 768), 'gpt2-medium': (24, 16, 1024), 'gpt2-large': (36, 20, 1280),
+               'gpt2-xl': (48, 25, 1600)}
+PRETRAINED = tuple(GPT2_SHAPES)
 
 
 class LayerNorm(nn.Module):

@@ -39,7 +39,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 from nanogpt import distributed, flops, memory, report, runtime  # noqa: E402
 from configurator import configure  # noqa: E402
-from model import GPT, GPTConfig  # noqa: E402
+from model import GPT, GPT2_SHAPES, GPTConfig  # noqa: E402
 from scripts import run_script  # noqa: E402  (benchmarks/scripts.py, beside this one)
 
 measure = 'memory'  # 'memory' (bytes per rank, counted) or 'speed' (train.py's tokens/s)
@@ -64,8 +64,7 @@ configure(globals())
 
 if measure not in ('memory', 'speed'):
     report.fail(f"measure must be 'memory' or 'speed', not {measure!r}")
-SHAPES = {'tiny': (2, 2, 16, 16), 'gpt2': (12, 12, 768, 1024), 'gpt2-medium': (24, 16, 1024, 1024),
-          'gpt2-large': (36, 20, 1280, 1024), 'gpt2-xl': (48, 25, 1600, 1024)}
+SHAPES = {'tiny': (2, 2, 16, 16), **{name: (*shape, 1024) for name, shape in GPT2_SHAPES.items()}}
 if shape not in SHAPES:
     report.fail(f"shape must be one of {', '.join(SHAPES)}, not {shape!r}")
 process_counts = [int(n) for n in (nproc or ('1,2,4' if measure == 'memory' else '1')).split(',')]

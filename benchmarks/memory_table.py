@@ -20,7 +20,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 from nanogpt import lora, memory, report  # noqa: E402
 from configurator import configure  # noqa: E402
-from model import GPT, GPTConfig  # noqa: E402
+from model import GPT, GPT2_SHAPES, GPTConfig  # noqa: E402
 
 batch_size = 12
 block_size = 1024
@@ -35,8 +35,6 @@ if dtype not in memory.DTYPE_BYTES:
 if not 1 <= block_size <= 1024 or batch_size < 1 or lora_rank < 1 or fsdp_processes < 2:
     report.fail("block_size takes 1 to 1024 (GPT-2's context), batch_size and lora_rank 1 or more, "
                 "fsdp_processes 2 or more")
-SHAPES = {'gpt2 (124M)': (12, 12, 768), 'gpt2-medium (350M)': (24, 16, 1024), 'gpt2-large (774M)': (36, 20, 1280),
-          'gpt2-xl (1558M)': (48, 25, 1600)}
 capacities = [float(gb) for gb in cards.split(',')]
 
 
@@ -60,7 +58,7 @@ print(f"batch {batch_size} x {block_size} tokens, {dtype}, AdamW, eager; GB per 
 print("| model | case | weights + gradients + AdamW | activations | logits | total | "
       + ' | '.join(f"{gb:g} GB" for gb in capacities) + ' |')
 print('| --- | --- | ---: | ---: | ---: | ---: |' + ' --- |' * len(capacities))
-for name, shape in SHAPES.items():
+for name, shape in GPT2_SHAPES.items():
     for case, setup in CASES.items():
         parts = {k: v / 2**30 for k, v in estimate(shape, **setup).items() if k != 'optimizer'}
         state = parts['weights'] + parts['gradients'] + parts['optimizer_state']

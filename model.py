@@ -1,10 +1,8 @@
 """
-The whole GPT language model in one file: a decoder-only Transformer as in GPT-2.
-
-Module and parameter names follow the original nanoGPT exactly (transformer.wte, .wpe,
-.h.N.ln_1/attn/ln_2/mlp, .ln_f, lm_head), so state_dicts and checkpoints move between the
-two projects, and the layout mirrors OpenAI's GPT-2 so its weights load (from_pretrained).
-Nothing about training lives here: no devices, dtypes, optimizers' schedules or files.
+The whole GPT language model in one file: a decoder-only Transformer as in GPT-2. Module and
+parameter names are the original nanoGPT's (transformer.wte, .wpe, .h.N.ln_1/attn/ln_2/mlp, .ln_f,
+lm_head), so checkpoints move between the two projects, and OpenAI's GPT-2 weights load
+(from_pretrained). Nothing about training lives here: no devices, dtypes, schedules or files.
 """
 import math
 import os
@@ -25,8 +23,7 @@ class GPTConfig:
     dropout: float = 0.0
     bias: bool = True  # biases in Linears and LayerNorms, like GPT-2; False is a bit better and faster
     gelu_approximate: str = 'none'  # 'tanh' for OpenAI's GPT-2 weights, which were trained with it
-    # the modern recipe (the GPT-2 speedrun, modded-nanogpt, and nanochat), each choice on its own;
-    # the defaults are GPT-2's, so default models and checkpoints are the original's
+    # the modern recipe (GPT-2 speedrun, modded-nanogpt, nanochat), each on its own; defaults: GPT-2's
     rotary: bool = False  # rotary position embeddings (RoFormer, Su et al. 2021) instead of learned ones
     norm: str = 'layernorm'  # 'rmsnorm' (Zhang & Sennrich 2019) with a gain, or 'rmsnorm_free' without one
     qk_norm: bool = False  # RMS-normalise queries and keys per head before attention
@@ -50,8 +47,7 @@ MODERN_DEFAULTS = dict(rotary=False, norm='layernorm', qk_norm=False, mlp='gelu'
                        logit_softcap=0.0)
 
 
-# GPT-2 checkpoints (OpenAI's, and Hugging Face's GPT2LMHeadModel) keep these as Conv1D weights,
-# the transpose of nn.Linear's
+# GPT-2 checkpoints (OpenAI's, Hugging Face's GPT2LMHeadModel) keep these as Conv1D: nn.Linear's transpose
 HF_TRANSPOSED = ('attn.c_attn.weight', 'attn.c_proj.weight', 'mlp.c_fc.weight', 'mlp.c_proj.weight')
 # OpenAI's GPT-2 sizes (124M, 350M, 774M, 1558M parameters): (n_layer, n_head, n_embd) of each
 GPT2_SHAPES = {'gpt2': (12, 12, 768), 'gpt2-medium': (24, 16, 1024), 'gpt2-large': (36, 20, 1280),
@@ -110,8 +106,7 @@ class KVCache:
         self.length = 0
 
     def append(self, k, v):
-        """Store new keys/values (B, nh, T, hs); return all of them so far, and no mask: they end
-        with the new ones, so causal order says which each query sees."""
+        """Store new keys/values (B, nh, T, hs); return all so far and no mask: the new ones come last."""
         new = k.size(2)
         if self.k is None or self.length + new > self.k.size(2):
             grow = max(self.length + new, 2 * (self.k.size(2) if self.k is not None else 64))
@@ -125,10 +120,9 @@ class KVCache:
 
 
 class StaticKVCache:
-    """A KV cache for compiled decoding: buffers of a fixed size (the model's block_size), and the
-    count of positions filled held as a tensor rather than a Python int, so that every one-token
-    step has the same shapes and constants and torch.compile compiles it once. Attention then
-    reads the whole buffer, masked to the positions filled so far."""
+    """A KV cache for compiled decoding: buffers of a fixed size (block_size) and the count filled
+    as a tensor, not an int, so every one-token step has the same shapes and constants and compiles
+    once. Attention then reads the whole buffer, masked to the positions filled so far."""
 
     def __init__(self, size, device):
         self.size = size
@@ -178,9 +172,8 @@ class CausalSelfAttention(nn.Module):
         visible = None  # which keys each query may see, where a static cache says so
         if kv_cache is not None:
             k, v, visible = kv_cache.append(k, v)
-        # otherwise new queries sit at the end of the key sequence; one query may see every key, more need the mask
-        # (without a cache, causal even for one token: a plain bool, where T > 1 would be symbolic
-        # for torch.compile's dynamic shapes, which the fused attention cannot take)
+        # otherwise new queries end the key sequence: one query sees every key, more need the causal mask (without
+        # a cache causal even for one token: a plain bool, where T > 1 is symbolic under dynamic shapes)
         causal = visible is None and (kv_cache is None or T > 1)
         if causal and kv_cache is not None and k.size(2) != T:
             raise ValueError("a KV cache takes either a whole prompt at once or one token at a time")
@@ -322,10 +315,9 @@ class GPT(nn.Module):
         return logits
 
     def token_losses(self, idx, targets):
-        """The loss of each target token (B, T) in float32, 0 where the target is -1. Logits are
-        computed only where a target counts: for evaluations that score some of the tokens (a
-        HellaSwag ending after its context, the new part of a sliding window), that skips most of
-        lm_head's work and the (B, T, vocab) logits in memory."""
+        """The loss of each target token (B, T) in float32, 0 where the target is -1. Logits only
+        where a target counts: evaluations that score a few tokens (a HellaSwag ending, the new part
+        of a sliding window) skip most of lm_head's work and the (B, T, vocab) logits in memory."""
         x = self.hidden_states(idx)
         counted = targets != -1
         losses = torch.zeros(targets.shape, dtype=torch.float32, device=idx.device)
@@ -342,9 +334,8 @@ class GPT(nn.Module):
 
     @classmethod
     def from_pretrained(cls, name_or_dir, override_args=None):
-        """OpenAI's GPT-2 ('gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl') through transformers, or a
-        local folder holding a GPT2LMHeadModel (save_pretrained format). Only dropout may be overridden;
-        the logits match the Hugging Face model's."""
+        """OpenAI's GPT-2 (one of PRETRAINED) through transformers, or a folder holding a saved
+        GPT2LMHeadModel. Only dropout may be overridden; the logits match the Hugging Face model's."""
         override_args = override_args or {}
         if set(override_args) - {'dropout'}:
             raise ValueError(f"only dropout can be overridden for a pretrained model, not {sorted(override_args)}")
@@ -371,9 +362,8 @@ class GPT(nn.Module):
         return model
 
     def configure_optimizers(self, weight_decay, learning_rate, betas, device_type, params=None):
-        """AdamW with weight decay on matrices and embeddings (2-D) only, never on biases and
-        norms; the fused kernel wherever this torch has one for the device (CPU included).
-        params: the parameters to optimise, if not all of them."""
+        """AdamW, decaying matrices and embeddings (2-D) only, never biases and norms; fused wherever
+        this torch has the kernel (CPU included). params: the ones to optimise, if not all."""
         params = [p for p in (self.parameters() if params is None else params) if p.requires_grad]
         groups = [
             {'params': [p for p in params if p.dim() >= 2], 'weight_decay': weight_decay},
@@ -390,8 +380,7 @@ class GPT(nn.Module):
         return 6 * self.get_num_params() + 12 * cfg.n_layer * cfg.n_embd * cfg.block_size
 
     def estimate_mfu(self, fwdbwd_per_iter, dt, peak_flops):
-        """Model FLOPs utilisation: achieved FLOP/s over the device's peak FLOP/s (flops.peak_flops
-        knows devices; the model does not)."""
+        """Model FLOPs utilisation: achieved FLOP/s over the device's peak_flops (the caller's to know)."""
         flops_per_iter = self.flops_per_token() * self.config.block_size * fwdbwd_per_iter
         return flops_per_iter / dt / peak_flops
 
@@ -400,21 +389,16 @@ class GPT(nn.Module):
                  on_token=None, decode_step=None, stop_token=None):
         """Sample max_new_tokens tokens after idx (B, T), feeding each back in. Call model.eval() first.
 
-        The context is at most block_size tokens: once the sequence outgrows it, the window slides
-        to keep the last slide_to tokens (default block_size, as in the original: from then on every
-        step sees exactly the last block_size tokens). With use_cache each step feeds only the newest
-        token and reuses every layer's keys and values; when the window slides, positions shift and
-        the cache is rebuilt from the cropped context. Both paths see the same contexts, so with the
-        same seed they give the same tokens. Past block_size, the default rebuilds at every step;
-        slide_to=block_size // 2 rebuilds once per block_size // 2 tokens, which is much faster.
-        on_token, if given, is called with each new (B, 1) token as soon as it is sampled. With
-        stop_token, generation ends once every row has sampled it (e.g. a chat's end of turn).
-
-        decode_step, if given, runs the one-token steps in place of the model: torch.compile(model),
-        say. The caches are then StaticKVCaches, so every such step has the same shapes and compiles
-        once; the prompt, and the context after each slide, still go through the model itself (a
-        new length each time). decode_step=self is the same path eager; its tokens match the
-        default path's up to float rounding (attention sums over the whole buffer)."""
+        Once the sequence outgrows block_size, the window slides to keep the last slide_to tokens
+        (default block_size, the original's rule: every step then sees the last block_size tokens).
+        With use_cache each step feeds only the newest token and reuses every layer's keys and
+        values; a slide shifts the positions, so the cache is rebuilt from the cropped context (at
+        every step by default; once per block_size // 2 tokens with slide_to=block_size // 2). Both
+        paths see the same contexts: the same seed gives the same tokens. on_token(token) sees each
+        new (B, 1) token at once; generation ends once every row has sampled stop_token, if given.
+        decode_step (torch.compile(model), say) runs the one-token steps over StaticKVCaches, whose
+        fixed shapes compile once; prompts still go through the model. Its tokens match the default
+        path's up to float rounding (attention sums over the whole buffer)."""
         if decode_step is not None and not use_cache:
             raise ValueError("decode_step runs the KV cache's one-token steps; it needs use_cache=True")
         block_size = self.config.block_size

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 from made_up import sample_text
 from nanogpt.report import read_metrics
@@ -21,8 +22,7 @@ if os.environ.get('PYTEST_XDIST_WORKER'):  # a test per core (pytest.ini): one t
 
 if TIKTOKEN_CACHE.exists():  # GPT-2 BPE offline, here and in the scripts the tests run
     os.environ.setdefault('TIKTOKEN_CACHE_DIR', str(TIKTOKEN_CACHE))
-# what the scripts the tests start see: the environment pytest started with, not what libraries the tests
-# import in this process add to it later (Inductor's cache folder, tokenizers' parallelism, ...)
+# the scripts' environment: pytest's at its start, not what this process's imports add (Inductor's cache, ...)
 STARTING_ENVIRONMENT = dict(os.environ)
 
 
@@ -35,18 +35,16 @@ def pytest_collection_modifyitems(items):
 
 
 def _bpe_available():
-    try:
+    with contextlib.suppress(Exception):
         import tiktoken
         return bool(tiktoken.get_encoding('gpt2'))
-    except Exception:
-        return False
+    return False
 
 
 needs_bpe = pytest.mark.skipif(not _bpe_available(), reason="GPT-2 BPE files: neither ../shared/data/tiktoken_cache "
                                                              "nor network to download them")
 
-# a model of a few thousand parameters that trains in seconds on a CPU; plain linears whatever this CPU's
-# rule says (tests/test_onednn.py), so that every machine runs the same numbers
+# a few thousand parameters, trained in seconds on a CPU; plain linears on every CPU, so that all run the same numbers
 TINY_MODEL = ['--n_layer=2', '--n_head=2', '--n_embd=16', '--block_size=16', '--batch_size=4',
               '--gradient_accumulation_steps=1', '--device=cpu', '--compile=False', '--dropout=0.0',
               '--bias=False', '--eval_iters=2', '--learning_rate=3e-3', '--warmup_iters=2', '--onednn=False']
@@ -86,13 +84,27 @@ def run(tmp_path):
     return lambda script, *args, cwd=None, **kwargs: run_script(script, *args, cwd=cwd or tmp_path, **kwargs)
 
 
+def made_once(tmp_path_factory, name, make):
+    """The folder make(folder) makes, once for the whole run: under xdist the first test process to ask
+    makes it and the others wait for it (a session fixture alone is made once per process)."""
+    root = tmp_path_factory.getbasetemp()
+    root = root.parent if os.environ.get('PYTEST_XDIST_WORKER') else root  # the workers' common folder
+    with FileLock(root / f'{name}.lock'):
+        if not (root / f'{name}.made').exists():  # a make that failed is made again, from nothing
+            shutil.rmtree(root / name, ignore_errors=True)
+            (root / name).mkdir()
+            make(root / name)
+            (root / f'{name}.made').touch()
+    return root / name
+
+
 @pytest.fixture(scope='session')
 def prepared_data(tmp_path_factory):
-    """A character-level dataset (data/tiny), prepared once per session by the real prepare.py."""
-    folder = tmp_path_factory.mktemp('prepared')
-    (folder / 'input.txt').write_text(sample_text(), encoding='utf-8')
-    run_script('data/shakespeare_char/prepare.py', '--input_file=input.txt', '--out_dir=data/tiny', cwd=folder)
-    return folder / 'data' / 'tiny'
+    """A character-level dataset (data/tiny), prepared once per run by the real prepare.py."""
+    def prepare(folder):
+        (folder / 'input.txt').write_text(sample_text(), encoding='utf-8')
+        run_script('data/shakespeare_char/prepare.py', '--input_file=input.txt', '--out_dir=data/tiny', cwd=folder)
+    return made_once(tmp_path_factory, 'prepared', prepare) / 'data' / 'tiny'
 
 
 @pytest.fixture
@@ -102,19 +114,15 @@ def char_data(tmp_path, prepared_data):
     return tmp_path / 'data' / 'tiny'
 
 
-@pytest.fixture(scope='session')
-def _trained(tmp_path_factory, prepared_data):
-    folder = tmp_path_factory.mktemp('trained')
-    shutil.copytree(prepared_data, folder / 'data' / 'tiny')
-    (folder / 'trained.txt').write_text(run_script('train.py', *TRAINED_RUN, cwd=folder).stdout)
-    return folder / 'out'
-
-
 @pytest.fixture
-def trained(tmp_path, char_data, _trained):
-    """tmp_path/out: TRAINED_RUN on char_data, trained once per session; what train.py printed: tmp_path/trained.txt."""
-    shutil.copy(_trained.parent / 'trained.txt', tmp_path)
-    shutil.copytree(_trained, tmp_path / 'out')
+def trained(tmp_path, char_data, tmp_path_factory):
+    """tmp_path/out: TRAINED_RUN on char_data (trained once per run); what train.py printed: tmp_path/trained.txt."""
+    def train(folder):
+        shutil.copytree(char_data, folder / 'data' / 'tiny')
+        (folder / 'trained.txt').write_text(run_script('train.py', *TRAINED_RUN, cwd=folder).stdout)
+    made = made_once(tmp_path_factory, 'trained', train)
+    shutil.copy(made / 'trained.txt', tmp_path)
+    shutil.copytree(made / 'out', tmp_path / 'out')
     return tmp_path / 'out'
 
 
@@ -132,8 +140,7 @@ def assert_one_line_error(result, *fragments):
     assert result.returncode == 2, f"exit {result.returncode}\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and 'Traceback' not in result.stderr, result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
+    assert all(fragment in lines[0] for fragment in fragments), lines[0]
 
 
 @pytest.fixture
@@ -145,6 +152,5 @@ def refused(capsys):
         capsys.readouterr()
         with pytest.raises(SystemExit) as stop:
             yield
-        err = capsys.readouterr().err
-        assert_one_line_error(subprocess.CompletedProcess([], stop.value.code, '', err), *fragments)
+        assert_one_line_error(subprocess.CompletedProcess([], stop.value.code, '', capsys.readouterr().err), *fragments)
     return expect

@@ -3,7 +3,6 @@ starts again and resumes from the run's latest checkpoint, ending with the weigh
 failed; a rank that stops answering is named within dist_timeout; two hosts (network namespaces) train
 as one host does; a new run into a used out_dir keeps the earlier run's checkpoint aside."""
 import contextlib
-import functools
 import json
 import os
 import shutil
@@ -17,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, TINY_MODEL, run_script, script_env
+from conftest import REPO, TINY_MODEL, made_once, run_script, script_env
 from nanogpt import checkpoints, distributed, out_dirs, settings
 
 # 2 ranks x 1 micro-step each; a checkpoint every 20 iterations, a log line every one (the test acts on them)
@@ -41,14 +40,13 @@ def identical(a, b):
 @pytest.fixture(scope='session')
 def straight(tmp_path_factory, prepared_data):
     """straight('ddp') or straight('fsdp'): the out_dir of a run that never failed, 2 ranks on this host
-    (each made once per test process, when a test first asks for it)."""
-    @functools.cache
+    (made once per run, when a test first asks for it)."""
     def out_dir(mode):
-        folder = tmp_path_factory.mktemp(f'straight-{mode}')
-        shutil.copytree(prepared_data, folder / 'data' / 'tiny')
-        run_script('train.py', *RUN, f'--fsdp={mode == "fsdp"}', cwd=folder, env=ONE_THREAD,
-                   torchrun=['--standalone', '--nproc_per_node=2'])
-        return folder / 'out'
+        def train(folder):
+            shutil.copytree(prepared_data, folder / 'data' / 'tiny')
+            run_script('train.py', *RUN, f'--fsdp={mode == "fsdp"}', cwd=folder, env=ONE_THREAD,
+                       torchrun=['--standalone', '--nproc_per_node=2'])
+        return made_once(tmp_path_factory, f'straight-{mode}', train) / 'out'
     return out_dir
 
 

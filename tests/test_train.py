@@ -6,7 +6,7 @@ import shutil
 import pytest
 import torch
 
-from conftest import TINY_MODEL, run_script
+from conftest import TINY_MODEL, made_once, run_script
 from nanogpt import settings
 from nanogpt.optimizers import learning_rate_at
 from nanogpt.report import read_metrics
@@ -20,26 +20,30 @@ def wandb_offline(folder):
 def high_lr_run(tmp_path_factory, prepared_data):
     """(folder, stdout) of one train.py run: 30 iterations at a learning rate high enough for val loss to
     climb, evaluated and checkpointed every 5, logged to wandb offline."""
-    folder = tmp_path_factory.mktemp('high_lr')
-    shutil.copytree(prepared_data, folder / 'data' / 'tiny')
-    result = run_script('train.py', '--dataset=tiny', *TINY_MODEL, '--max_iters=30', '--eval_interval=5',
-                         '--always_save_checkpoint=True', '--learning_rate=0.5', '--decay_lr=False',
-                         '--grad_clip=0.0', '--wandb_log=True', '--wandb_project=test', cwd=folder,
-                         env=wandb_offline(folder))
-    return folder, result.stdout
+    def train(folder):
+        shutil.copytree(prepared_data, folder / 'data' / 'tiny')
+        result = run_script('train.py', '--dataset=tiny', *TINY_MODEL, '--max_iters=30', '--eval_interval=5',
+                             '--always_save_checkpoint=True', '--learning_rate=0.5', '--decay_lr=False',
+                             '--grad_clip=0.0', '--wandb_log=True', '--wandb_project=test', cwd=folder,
+                             env=wandb_offline(folder))
+        (folder / 'stdout.txt').write_text(result.stdout)
+    folder = made_once(tmp_path_factory, 'high_lr', train)
+    return folder, (folder / 'stdout.txt').read_text()
 
 
 @pytest.fixture(scope='session')
 def resumed_run(tmp_path_factory, high_lr_run):
     """(folder, stdout): a copy of high_lr_run's folder, resumed to 40 iterations; the model's shape
     comes from the checkpoint, the learning rate from train.py's defaults."""
-    folder = tmp_path_factory.mktemp('resumed')
-    shutil.copytree(high_lr_run[0], folder, dirs_exist_ok=True)
-    result = run_script('train.py', '--dataset=tiny', '--init_from=resume', '--max_iters=40', '--eval_interval=10',
-                         '--batch_size=4', '--gradient_accumulation_steps=1', '--eval_iters=2', '--device=cpu',
-                         '--compile=False', '--onednn=False', '--wandb_log=True', '--wandb_project=test', cwd=folder,
-                         env=wandb_offline(folder))
-    return folder, result.stdout
+    def resume(folder):
+        shutil.copytree(high_lr_run[0], folder, dirs_exist_ok=True)
+        result = run_script('train.py', '--dataset=tiny', '--init_from=resume', '--max_iters=40', '--eval_interval=10',
+                             '--batch_size=4', '--gradient_accumulation_steps=1', '--eval_iters=2', '--device=cpu',
+                             '--compile=False', '--onednn=False', '--wandb_log=True', '--wandb_project=test',
+                             cwd=folder, env=wandb_offline(folder))
+        (folder / 'stdout.txt').write_text(result.stdout)
+    folder = made_once(tmp_path_factory, 'resumed', resume)
+    return folder, (folder / 'stdout.txt').read_text()
 
 
 def logged_lrs(out_dir):

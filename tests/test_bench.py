@@ -1,11 +1,15 @@
 """bench.py: timing, MFU against the right peak, the profiler, and one JSON line per run."""
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
 
-from nanogpt import flops
+from conftest import REPO
 from model import GPT, GPTConfig
+from nanogpt import flops
 
 TINY_BENCH = ['--n_layer=2', '--n_head=2', '--n_embd=16', '--block_size=16', '--batch_size=4', '--device=cpu',
               '--vocab_size=65', '--warmup_iters=2', '--bench_iters=5', '--results_file=results.jsonl']
@@ -79,3 +83,23 @@ def test_step_parts_splits_the_classic_and_modern_steps(run, tmp_path):
     for parts in (classic, modern):  # each part is inside the step, round by round, so its median is no larger
         assert 0 < parts['forward+backward'] and all(value <= parts['step'] for value in parts.values())
     assert '| forward+backward |' in out and '| step |' in out
+
+
+def test_suite_cpu_counts_the_processes_a_test_waits_for(tmp_path):
+    # a test that keeps a process of its own busy for 0.3 s of CPU, and one that only waits
+    (tmp_path / 'test_busy.py').write_text(
+        "import subprocess, sys, time\n"
+        "def test_busy():\n"
+        "    subprocess.run([sys.executable, '-c', 'import time\\nt = time.process_time()\\n"
+        "while time.process_time() - t < 0.3: pass'], check=True)\n"
+        "def test_idle():\n"
+        "    time.sleep(0.3)\n")
+    result = subprocess.run([sys.executable, '-m', 'pytest', '-p', 'benchmarks.suite_cpu', '-p', 'no:cacheprovider',
+                             'test_busy.py'], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                            env={**{k: v for k, v in os.environ.items() if not k.startswith('PYTEST_')},  # not a worker
+                                 'PYTHONPATH': str(REPO), 'SUITE_CPU_FILE': str(tmp_path / 'cpu.jsonl')})
+    assert result.returncode == 0, result.stdout[-2000:]
+    rows = {row['test']: row for row in map(json.loads, (tmp_path / 'cpu.jsonl').read_text().splitlines())}
+    assert rows['test_busy.py::test_busy']['cpu_s'] >= 0.3
+    assert rows['test_busy.py::test_idle']['cpu_s'] < 0.2 <= rows['test_busy.py::test_idle']['wall_s']
+    assert 'suite_cpu: ' in result.stdout and 'CPU s and ' in result.stdout

@@ -36,6 +36,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 from nanogpt import distributed, flops, lora, memory, report, runtime  # noqa: E402
 from configurator import configure  # noqa: E402
+from model import GPT2_SHAPES  # noqa: E402
 from scripts import run_script  # noqa: E402  (benchmarks/scripts.py, beside this one)
 
 input = os.path.join(REPO, '..', 'shared', 'data', 'tinyshakespeare', 'input.txt')
@@ -49,7 +50,7 @@ configure(globals())
 
 SHAPE = dict(n_layer=6, n_head=6, n_embd=384, block_size=256, vocab_size=65, dropout=0.2, bias=False)
 if shape == 'gpt2':
-    SHAPE.update(n_layer=12, n_head=12, n_embd=768)
+    SHAPE.update(zip(('n_layer', 'n_head', 'n_embd'), GPT2_SHAPES['gpt2']))
 CASES = {'plain': [], 'activation checkpointing': ['--activation_checkpointing=True'],
          'LoRA rank 4': ['--lora_rank=4'], 'FSDP, 2 processes': ['--fsdp=True']}
 

@@ -47,6 +47,9 @@ shape = 'shakespeare'  # 'gpt2': GPT-2 124M's 12 blocks of 768 (the vocabulary s
 worker = ''  # set for this script's own processes: the case whose memory in use they measure
 results_file = 'bench_results.jsonl'
 configure(globals())
+if max_iters < 2 or rounds < 1 or batch_size < 1 or shape not in ('shakespeare', 'gpt2'):
+    report.fail(f"max_iters takes 2 or more (ms/iter is timed after the first step), rounds and batch_size 1 or "
+                f"more, shape 'shakespeare' or 'gpt2' (got {max_iters}, {rounds}, {batch_size}, {shape!r})")
 
 SHAPE = dict(n_layer=6, n_head=6, n_embd=384, block_size=256, vocab_size=65, dropout=0.2, bias=False)
 if shape == 'gpt2':

@@ -1,10 +1,12 @@
 """memory.estimate_peak against what autograd really keeps, on tiny models, and the start-up check
 that stops a run whose estimate exceeds the GPU's free memory."""
+import sys
 from types import SimpleNamespace
 
 import pytest
 import torch
 
+from conftest import REPO, load_script
 from model import GPT, GPTConfig
 from nanogpt import lora, memory, optimizers
 
@@ -151,3 +153,11 @@ def test_nothing_is_checked_off_cuda(capsys):
     assert capsys.readouterr() == (memory.describe_estimate(ESTIMATE) + '\n', '')  # said, not checked
     memory.check_fits(ESTIMATE, SimpleNamespace(device='cpu', device_type='cpu', master=False, ddp=True))
     assert capsys.readouterr() == ('', '')  # rank 0 alone says it
+
+
+def test_memory_estimate_refuses_settings_that_give_no_table(refused, monkeypatch):
+    # before any run starts: one iteration leaves no step to time, after a minute of runs
+    monkeypatch.setattr(sys, 'argv', ['memory_estimate.py', '--max_iters=1'])
+    monkeypatch.setattr(sys, 'path', [str(REPO / 'benchmarks'), *sys.path])  # as `python benchmarks/...` has it
+    with refused('max_iters takes 2 or more', '(got 1, 1, 32, '):
+        load_script('benchmarks/memory_estimate.py')

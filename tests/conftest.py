@@ -41,8 +41,7 @@ def _bpe_available():
     return False
 
 
-needs_bpe = pytest.mark.skipif(not _bpe_available(), reason="GPT-2 BPE files: neither ../shared/data/tiktoken_cache "
-                                                             "nor network to download them")
+needs_bpe = pytest.mark.skipif(not _bpe_available(), reason="GPT-2 BPE files neither in ../shared nor downloadable")
 
 # a few thousand parameters, trained in seconds on a CPU; plain linears on every CPU, so that all run the same numbers
 TINY_MODEL = ['--n_layer=2', '--n_head=2', '--n_embd=16', '--block_size=16', '--batch_size=4',
@@ -58,8 +57,7 @@ def script_env(extra=None):
 
 
 def run_script(script, *args, cwd, expect=0, env=None, timeout=240, torchrun=None, **popen_args):
-    """python script args (or torchrun with the options torchrun) in cwd, in a process of its own; fails the
-    test on an exit status other than expect (None: any); other keywords go to subprocess.run."""
+    """python script args in cwd, a process of its own (torchrun: its options); fails unless it exits with expect."""
     python = [sys.executable, '-m', 'torch.distributed.run', *torchrun] if torchrun else [sys.executable]
     result = subprocess.run([*python, str(REPO / script), *map(str, args)], cwd=cwd, capture_output=True, text=True,
                             timeout=timeout, env=script_env(env), **popen_args)
@@ -85,8 +83,7 @@ def run(tmp_path):
 
 
 def made_once(tmp_path_factory, name, make):
-    """The folder make(folder) makes, once for the whole run: under xdist the first test process to ask
-    makes it and the others wait for it (a session fixture alone is made once per process)."""
+    """make(folder) once per run: under xdist the first process to ask makes it, the others wait for it."""
     root = tmp_path_factory.getbasetemp()
     root = root.parent if os.environ.get('PYTEST_XDIST_WORKER') else root  # the workers' common folder
     with FileLock(root / f'{name}.lock'):
@@ -110,8 +107,7 @@ def prepared_data(tmp_path_factory):
 @pytest.fixture
 def char_data(tmp_path, prepared_data):
     """tmp_path/data/tiny: a copy of prepared_data."""
-    shutil.copytree(prepared_data, tmp_path / 'data' / 'tiny')
-    return tmp_path / 'data' / 'tiny'
+    return shutil.copytree(prepared_data, tmp_path / 'data' / 'tiny')
 
 
 @pytest.fixture
@@ -122,13 +118,12 @@ def trained(tmp_path, char_data, tmp_path_factory):
         (folder / 'trained.txt').write_text(run_script('train.py', *TRAINED_RUN, cwd=folder).stdout)
     made = made_once(tmp_path_factory, 'trained', train)
     shutil.copy(made / 'trained.txt', tmp_path)
-    shutil.copytree(made / 'out', tmp_path / 'out')
-    return tmp_path / 'out'
+    return shutil.copytree(made / 'out', tmp_path / 'out')
 
 
 def load_script(relative_path):
-    """A script of the repo imported as a module: its top-level code runs in this process (a prepare
-    script's work waits under __main__; sample.py and plot.py do theirs, with the sys.argv they find)."""
+    """A script imported as a module, its top level run in this process (prepare scripts' work waits under
+    __main__; sample.py and plot.py do theirs with the sys.argv they find)."""
     spec = importlib.util.spec_from_file_location(relative_path.replace('/', '_')[:-3], REPO / relative_path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -145,8 +140,7 @@ def assert_one_line_error(result, *fragments):
 
 @pytest.fixture
 def refused(capsys):
-    """with refused('fragment', ...): code -- the code stops as bad input does (nanogpt.report.fail): exit
-    status 2 and one line on stderr that holds every fragment."""
+    """with refused('fragment', ...): code -- it stops as report.fail does: exit 2, one line with every fragment."""
     @contextlib.contextmanager
     def expect(*fragments):
         capsys.readouterr()

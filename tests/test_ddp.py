@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from conftest import REPO, TINY_MODEL, script_env, run_torchrun
+from conftest import REPO, TINY_MODEL, made_once, run_torchrun, script_env
 from nanogpt import settings
 
 DDP_RUN = ['--dataset=tiny', '--out_dir=out', '--max_iters=30', '--eval_interval=15', '--log_interval=5',
@@ -31,20 +31,22 @@ def free_port():
 
 @pytest.fixture(scope='session')  # not module: the slow tests go first (conftest), away from this module's others
 def ddp_run(tmp_path_factory, prepared_data):
-    """(folder, result): train.py under torchrun, 2 processes for 30 iterations, each rank's output also
-    in folder/logs."""
-    folder = tmp_path_factory.mktemp('ddp')
-    shutil.copytree(prepared_data, folder / 'data' / 'tiny')
-    result = run_torchrun(REPO / 'train.py', *EXACT_RUN, cwd=folder, options=[
-        '--standalone', '--nproc_per_node=2', f'--log-dir={folder / "logs"}', '--redirects=3', '--tee=3'])
-    assert result.returncode == 0, result.stderr[-3000:]
-    return folder, result
+    """(folder, stdout): train.py under torchrun, 2 processes for 30 iterations (made once per run), each
+    rank's output also in folder/logs."""
+    def train(folder):
+        shutil.copytree(prepared_data, folder / 'data' / 'tiny')
+        result = run_torchrun(REPO / 'train.py', *EXACT_RUN, cwd=folder, options=[
+            '--standalone', '--nproc_per_node=2', f'--log-dir={folder / "logs"}', '--redirects=3', '--tee=3'])
+        assert result.returncode == 0, result.stderr[-3000:]
+        (folder / 'stdout.txt').write_text(result.stdout)
+    folder = made_once(tmp_path_factory, 'ddp', train)
+    return folder, (folder / 'stdout.txt').read_text()
 
 
 def test_two_processes_on_one_machine(ddp_run):
-    folder, result = ddp_run
-    assert 'weights identical on all 2 ranks' in result.stdout
-    assert '2 processes (DDP, gloo)' in result.stdout  # gloo chosen for the CPU
+    folder, stdout = ddp_run
+    assert 'weights identical on all 2 ranks' in stdout
+    assert '2 processes (DDP, gloo)' in stdout  # gloo chosen for the CPU
     # rank 0 alone logs and writes the checkpoint; rank 1 trains silently
     rank_logs = {path.parent.name: path.read_text() for path in (folder / 'logs').rglob('stdout.log')}
     assert 'saved out/ckpt.pt' in rank_logs['0'] and rank_logs['1'].strip() == ''
@@ -52,7 +54,7 @@ def test_two_processes_on_one_machine(ddp_run):
     evals = [json.loads(l) for l in (folder / 'out' / 'metrics.jsonl').read_text().splitlines()
              if '"eval"' in l]
     assert evals[-1]['val_loss'] < evals[0]['val_loss'] - 0.3  # loss goes down
-    assert '128 tokens per iteration' in result.stdout  # 4 x 16 x (1 micro-step x 2 ranks)
+    assert '128 tokens per iteration' in stdout  # 4 x 16 x (1 micro-step x 2 ranks)
 
 
 def test_accumulation_steps_must_divide_by_world_size(refused, monkeypatch, capsys):

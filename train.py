@@ -249,7 +249,7 @@ def save(path):
 # -----------------------------------------------------------------------------
 # what the run says and records
 n_params = raw_model.get_num_params()
-peak_flops = flops.peak_flops(rt.device, rt.dtype)  # for MFU: a GPU's table, or the CPU's measured rate
+peak_flops = flops.peak_flops(rt.device, rt.dtype) if rt.master else None  # for MFU, which rank 0 alone logs
 run_info = dict(tokens_per_iter=tokens_per_iter, n_params=n_params, device=rt.device, dtype=rt.dtype,
                 world_size=rt.world_size, compile=rt.compile)
 wandb_init = dict(project=wandb_project, name=wandb_run_name, config={**config, **run_info})

@@ -2,11 +2,16 @@
 Where a training step's time goes, classic recipe against modern: forward+backward, gradient
 clipping and the optimizer (Muon and AdamW apart), each timed on its own inside one process, the
 two models in alternation so that both see the same machine. The laptop recipe's shape by default.
+With --versus=onednn the classic step with plain linears is set beside the same step with
+oneDNN's: alternating step by step in one process is fair even where the machine's speed jumps
+between runs.
 
 $ python benchmarks/step_parts.py                                   # 4 layers, 128 wide, batch 12 x 64
 $ python benchmarks/step_parts.py --muon_ns_steps=3 --rounds=80     # fewer Newton-Schulz iterations
+$ python benchmarks/step_parts.py --versus=onednn --rounds=300      # what oneDNN's linears buy here
 
-Figures are medians over the rounds after the first 5; the last column is modern over classic.
+Figures are medians over the rounds after the first 5; the last column is the second step over
+the first, and `step, round by round` the median of that ratio taken per round.
 Random tokens: the time of a step does not depend on the data. One JSON line goes to results_file.
 """
 import json
@@ -19,26 +24,39 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
-from nanogpt import flops, optimizers, runtime  # noqa: E402
+from nanogpt import flops, optimizers, report, runtime  # noqa: E402
+from nanogpt.cpu_linears import onednn_usable, use_onednn_linears  # noqa: E402
 from configurator import configure  # noqa: E402
 from model import GPT, MODERN_DEFAULTS, GPTConfig  # noqa: E402
 
 n_layer, n_head, n_embd, block_size, vocab_size, batch_size = 4, 4, 128, 64, 65, 12
 muon_ns_steps = 5
 rounds = 50
-onednn = 'auto'
+onednn = 'auto'  # the linears of both steps (with --versus=modern)
+versus = 'modern'  # the step set beside the classic one: 'modern' (config/modern.py) or 'onednn'
 results_file = 'bench_results.jsonl'
 configure(globals())
 
-rt = runtime.setup_runtime('cpu', 'float32', False, onednn=onednn)
+if versus not in ('modern', 'onednn'):
+    report.fail(f"--versus takes modern or onednn, not {versus!r}")
+if versus == 'onednn' and not onednn_usable('cpu', 'float32'):
+    report.fail("--versus=onednn needs an x86-64 CPU and a torch built with oneDNN")
+rt = runtime.setup_runtime('cpu', 'float32', False, onednn=False if versus == 'onednn' else onednn)
 shape = dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, vocab_size=vocab_size, bias=False)
 # the modern model is config/modern.py's, read from the file so that the two cannot drift apart
 overlay = runpy.run_path(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'config', 'modern.py'))
 modern = {name: overlay[name] for name in MODERN_DEFAULTS if name in overlay}
+# (name, model settings, optimizer, oneDNN linears on top of the runtime's)
+if versus == 'modern':
+    steps = [('classic', {}, 'adamw', False), ('modern', modern, overlay['optimizer'], False)]
+else:
+    steps = [('plain', {}, 'adamw', False), ('oneDNN', {}, 'adamw', True)]
 recipes = {}
-for name, choices, optimizer_name in (('classic', {}, 'adamw'), ('modern', modern, overlay['optimizer'])):
+for name, choices, optimizer_name, onednn_linears in steps:
     torch.manual_seed(0)
     model = runtime.place_model(GPT(GPTConfig(**shape, **choices)), rt)
+    if onednn_linears:
+        use_onednn_linears(model)
     recipes[name] = (model, optimizers.configure(model, optimizer_name, 0.1, 1e-3, (0.9, 0.99), 'cpu',
                                                  overlay['muon_learning_rate'], muon_ns_steps=muon_ns_steps))
 x, y = (torch.randint(vocab_size, (batch_size, block_size)) for _ in range(2))
@@ -66,14 +84,19 @@ for round_index in range(rounds + 5):
 # a part a recipe does not have (the classic step's Muon) has no times, and no median
 medians = {name: {part: statistics.median(values) for part, values in by_part.items() if values}
            for name, by_part in times.items()}
-print(f"{flops.cpu_name()}, {torch.get_num_threads()} threads{runtime.describe_linears(rt)}; {n_layer} layers, "
-      f"{n_embd} wide, batch {batch_size} x {block_size}, Muon with {muon_ns_steps} Newton-Schulz iterations")
-print("| part | classic ms | modern ms | modern / classic |\n| --- | --- | --- | --- |")
+first, second = recipes
+per_round = statistics.median(b / a for a, b in zip(times[first]['step'], times[second]['step']))
+linears = runtime.describe_linears(rt) if versus == 'modern' else ''  # with --versus=onednn the table says
+print(f"{flops.cpu_name()}, {torch.get_num_threads()} threads{linears}; {n_layer} layers, {n_embd} wide, "
+      f"batch {batch_size} x {block_size}, Muon with {muon_ns_steps} Newton-Schulz iterations")
+print(f"| part | {first} ms | {second} ms | {second} / {first} |\n| --- | --- | --- | --- |")
 for part in parts:
-    classic, new = medians['classic'].get(part), medians['modern'][part]
-    print(f"| {part} | {classic:.2f} | {new:.2f} | {new / classic:.2f}x |" if classic is not None else
-          f"| {part} | - | {new:.2f} | |")
+    a, b = medians[first].get(part), medians[second].get(part)
+    if b is not None:
+        print(f"| {part} | {a:.2f} | {b:.2f} | {b / a:.2f}x |" if a is not None else f"| {part} | - | {b:.2f} | |")
+print(f"| step, round by round | | | {per_round:.3f}x |")
 with open(results_file, 'a') as f:
     f.write(json.dumps({'bench': 'step_parts', 'cpu': flops.cpu_name(), 'threads': torch.get_num_threads(),
-                        'onednn': rt.onednn, 'shape': shape, 'batch_size': batch_size, 'muon_ns_steps': muon_ns_steps,
-                        'rounds': rounds, 'medians_ms': medians}) + '\n')
+                        'versus': versus, 'onednn': rt.onednn, 'shape': shape, 'batch_size': batch_size,
+                        'muon_ns_steps': muon_ns_steps, 'rounds': rounds, 'medians_ms': medians,
+                        'step_ratio_per_round': per_round}) + '\n')

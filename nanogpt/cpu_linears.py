@@ -2,16 +2,20 @@
 CPU linears in oneDNN, and the rule that decides where they pay.
 
 PyTorch's float32 CPU matmuls go to MKL; oneDNN is in torch too. On AMD processors MKL runs its
-AVX2 code, while oneDNN uses AVX-512 where the CPU has it, so there oneDNN's matmuls are up to
-twice as fast. On Intel CPUs MKL runs AVX-512 itself, and the oneDNN path (one more copy per
-weight gradient) is then slower; where a CPU has no AVX-512 both run AVX2. So 'auto' takes oneDNN
-on AMD CPUs with AVX-512 only: a rule on what the CPU is, never a timing, so that the same command
-on the same machine always takes the same numeric path, whatever else the machine is doing.
+AVX2 code, while oneDNN uses AVX-512 where the CPU has it; where the CPU runs AVX-512 at full
+width (AMD's family 26, Zen 5, and later) that makes oneDNN's matmuls up to twice as fast. Zen 4
+(family 25) runs each 512-bit instruction in two 256-bit halves, so there the two libraries
+match and the oneDNN path (one more copy per weight gradient) is slightly slower. On Intel CPUs
+MKL runs AVX-512 itself, and oneDNN is slower; without AVX-512 both run AVX2. So 'auto' takes
+oneDNN on AMD CPUs of family 26 or later with AVX-512 only: a rule on what the CPU is, never a
+timing, so that the same command on the same machine always takes the same numeric path,
+whatever else the machine is doing.
 """
 import collections
 import functools
 import os
 import platform
+import re
 
 import torch
 
@@ -22,9 +26,12 @@ AVX512_FLAGS = {'avx512f', 'avx512bw', 'avx512dq', 'avx512vl'}
 CPUINFO = '/proc/cpuinfo'
 VENDOR_NAMES = {'AuthenticAMD': 'AMD', 'GenuineIntel': 'Intel'}
 
-# The two facts of a CPU that the rule reads: its vendor id (e.g. 'AuthenticAMD', None where it
-# cannot be read) and whether it runs AVX-512.
-CpuFacts = collections.namedtuple('CpuFacts', 'vendor avx512')
+# AMD's first family whose cores run AVX-512 at full width (Zen 5; Zen 4 is family 25)
+FULL_WIDTH_AMD_FAMILY = 26
+
+# The facts of a CPU that the rule reads: its vendor id (e.g. 'AuthenticAMD', None where it
+# cannot be read), whether it runs AVX-512, and its family number (None where unknown).
+CpuFacts = collections.namedtuple('CpuFacts', 'vendor avx512 family')
 
 
 def onednn_usable(device_type, dtype, compile=False):
@@ -46,18 +53,24 @@ def check_onednn_setting(onednn, device_type, dtype, compile=False):
     return onednn
 
 
-def onednn_pays(vendor, avx512):
-    """The rule for 'auto': oneDNN linears on AMD CPUs with AVX-512, where MKL keeps to AVX2 and
-    oneDNN does not (measured on an AMD EPYC: ~22-26 against ~33 ms a step). Intel's MKL runs
-    AVX-512 already (an Intel Xeon: 44.5-48.1 against 35.0-39.8 ms with oneDNN), and without
-    AVX-512 both libraries run AVX2."""
-    return vendor == 'AuthenticAMD' and avx512
+def onednn_pays(vendor, avx512, family):
+    """The rule for 'auto': oneDNN linears on AMD CPUs that run AVX-512 at full width, where MKL
+    keeps to AVX2 and oneDNN does not (a Zen 5 EPYC: ~22-26 against ~33 ms a step). On a Zen 4
+    EPYC the two match (oneDNN 1.01-1.02x slower), Intel's MKL runs AVX-512 already (a Xeon:
+    44.5-48.1 ms with oneDNN against 35.0-39.8), and without AVX-512 both libraries run AVX2."""
+    return vendor == 'AuthenticAMD' and avx512 and (family or 0) >= FULL_WIDTH_AMD_FAMILY
 
 
-def describe_cpu(vendor, avx512):
-    """The facts the rule read, in a few words for the start-up line: 'AMD with AVX-512'."""
+def describe_cpu(vendor, avx512, family):
+    """The facts the rule read, in a few words for the start-up line: 'Intel with AVX-512',
+    'AMD family 26, full-width AVX-512'."""
     if vendor is None:
         return 'CPU vendor unknown'
+    if vendor == 'AuthenticAMD' and avx512:  # the family decides the width
+        if family is None:
+            return 'AMD with AVX-512, family unknown'
+        width = 'full-width AVX-512' if onednn_pays(vendor, avx512, family) else 'AVX-512 in 256-bit halves'
+        return f"AMD family {family}, {width}"
     return f"{VENDOR_NAMES.get(vendor, vendor)} {'with' if avx512 else 'without'} AVX-512"
 
 
@@ -71,7 +84,9 @@ def first_processor(text):
 def read_cpuinfo(text):
     """The CpuFacts in the text of a Linux /proc/cpuinfo."""
     fields = first_processor(text)
-    return CpuFacts(fields.get('vendor_id'), AVX512_FLAGS <= set(fields.get('flags', '').split()))
+    family = fields.get('cpu family', '')
+    return CpuFacts(fields.get('vendor_id'), AVX512_FLAGS <= set(fields.get('flags', '').split()),
+                    int(family) if family.isdigit() else None)
 
 
 def cpuinfo_text():
@@ -83,14 +98,17 @@ def cpuinfo_text():
 
 
 def cpu_facts():
-    """This machine's CpuFacts: from /proc/cpuinfo where there is one. Elsewhere the vendor is the
-    last word of the PROCESSOR_IDENTIFIER that Windows sets ('AMD64 Family 25 Model 97 Stepping 2,
-    AuthenticAMD'; none on a Mac, all of whose x86 CPUs are Intel's) and AVX-512 what torch found."""
+    """This machine's CpuFacts: from /proc/cpuinfo where there is one. Elsewhere the vendor and
+    family come from the PROCESSOR_IDENTIFIER that Windows sets ('AMD64 Family 25 Model 97 Stepping
+    2, AuthenticAMD'; none on a Mac, all of whose x86 CPUs are Intel's) and AVX-512 is what torch found."""
     text = cpuinfo_text()
     if text is not None:
         return read_cpuinfo(text)
-    _, comma, vendor = os.environ.get('PROCESSOR_IDENTIFIER', '').rpartition(',')
-    return CpuFacts(vendor.strip() if comma else None, torch.backends.cpu.get_cpu_capability() == 'AVX512')
+    identifier = os.environ.get('PROCESSOR_IDENTIFIER', '')
+    _, comma, vendor = identifier.rpartition(',')
+    family = re.search(r'\bFamily (\d+)', identifier)
+    return CpuFacts(vendor.strip() if comma else None, torch.backends.cpu.get_cpu_capability() == 'AVX512',
+                    int(family[1]) if family else None)
 
 
 def resolve_onednn(onednn, device_type, dtype, compile):
@@ -115,7 +133,7 @@ class OneDNNLinear(torch.autograd.Function):
     """nn.Linear's math, with all three of its matmuls in oneDNN.
 
     PyTorch's CPU matmuls go to MKL, which runs its AVX2 code on AMD processors; oneDNN uses
-    AVX-512 wherever the CPU has it, which doubles the float32 matmul rate of these Zen machines.
+    AVX-512 wherever the CPU has it, which doubles the float32 matmul rate of a Zen 5.
     The forward and the input gradient are oneDNN's linear (x @ W.T, and grad @ W as a linear
     with W.T for weight). The weight gradient, grad.T @ x, sums over the batch*time rows that
     are the leading dimension of both; as a linear it would need both transposed, but it is

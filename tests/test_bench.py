@@ -10,6 +10,7 @@ import torch
 from conftest import REPO
 from model import GPT, GPTConfig
 from nanogpt import flops
+from nanogpt.cpu_linears import onednn_usable
 
 TINY_BENCH = ['--n_layer=2', '--n_head=2', '--n_embd=16', '--block_size=16', '--batch_size=4', '--device=cpu',
               '--vocab_size=65', '--warmup_iters=2', '--bench_iters=5', '--results_file=results.jsonl']
@@ -82,7 +83,18 @@ def test_step_parts_splits_the_classic_and_modern_steps(run, tmp_path):
     assert record['muon_ns_steps'] == 2 and 'Muon' not in classic and modern['Muon'] > 0  # only the modern step has Muon
     for parts in (classic, modern):  # each part is inside the step, round by round, so its median is no larger
         assert 0 < parts['forward+backward'] and all(value <= parts['step'] for value in parts.values())
-    assert '| forward+backward |' in out and '| step |' in out
+    assert '| forward+backward |' in out and '| step |' in out and '| step, round by round |' in out
+    assert record['step_ratio_per_round'] > 0
+
+
+@pytest.mark.skipif(not onednn_usable('cpu', 'float32'), reason="oneDNN linears need an x86-64 CPU and oneDNN")
+def test_step_parts_sets_onednn_linears_beside_plain_ones(run, tmp_path):
+    out = run('benchmarks/step_parts.py', '--versus=onednn', '--n_layer=1', '--n_head=2', '--n_embd=16',
+              '--block_size=16', '--batch_size=2', '--rounds=5', '--results_file=results.jsonl').stdout
+    record = results(tmp_path)[0]
+    assert record['versus'] == 'onednn' and set(record['medians_ms']) == {'plain', 'oneDNN'}
+    assert all('Muon' not in parts for parts in record['medians_ms'].values())
+    assert '| part | plain ms | oneDNN ms | oneDNN / plain |' in out and '| Muon |' not in out
 
 
 def test_suite_cpu_counts_the_processes_a_test_waits_for(tmp_path):

@@ -80,7 +80,13 @@ def test_a_gpt_trains_the_same_with_onednn_linears():
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
-# /proc/cpuinfo as four machines write it (the first processor of each, flags cut to the telling ones)
+# /proc/cpuinfo as five machines write it (the first processor of each, flags cut to the telling ones)
+AMD_EPYC_ZEN5 = """processor\t: 0
+vendor_id\t: AuthenticAMD
+cpu family\t: 26
+model name\t: AMD EPYC 9R45
+flags\t\t: fpu sse2 avx fma avx2 avx512f avx512dq avx512ifma avx512cd avx512bw avx512vl avx512_bf16 avx512_vnni
+"""
 AMD_EPYC_ZEN4 = """processor\t: 0
 vendor_id\t: AuthenticAMD
 cpu family\t: 25
@@ -92,11 +98,13 @@ vendor_id\t: AuthenticAMD
 """
 AMD_EPYC_ZEN3 = """processor\t: 0
 vendor_id\t: AuthenticAMD
+cpu family\t: 25
 model name\t: AMD EPYC 7R13 Processor
 flags\t\t: fpu sse2 avx fma avx2 vaes vpclmulqdq
 """
 INTEL_XEON = """processor\t: 0
 vendor_id\t: GenuineIntel
+cpu family\t: 6
 model name\t: Intel(R) Xeon(R) Platinum 8488C
 flags\t\t: fpu sse2 avx fma avx2 avx512f avx512dq avx512cd avx512bw avx512vl avx512_bf16 avx512_fp16 amx_tile
 """
@@ -108,12 +116,14 @@ CPU implementer\t: 0x41
 
 
 @pytest.mark.parametrize('cpuinfo, facts, linears, why', [
-    (AMD_EPYC_ZEN4, ('AuthenticAMD', True), 'oneDNN', 'AMD with AVX-512'),  # MKL keeps to AVX2 on AMD
-    (INTEL_XEON, ('GenuineIntel', True), 'plain', 'Intel with AVX-512'),  # MKL runs AVX-512 on Intel
-    (AMD_EPYC_ZEN3, ('AuthenticAMD', False), 'plain', 'AMD without AVX-512'),  # both libraries run AVX2
-    (ARM_GRAVITON3, (None, False), 'plain', 'CPU vendor unknown'),
+    # MKL keeps to AVX2 on AMD, where a Zen 5 runs oneDNN's AVX-512 twice as fast and a Zen 4 no faster
+    (AMD_EPYC_ZEN5, ('AuthenticAMD', True, 26), 'oneDNN', 'AMD family 26, full-width AVX-512'),
+    (AMD_EPYC_ZEN4, ('AuthenticAMD', True, 25), 'plain', 'AMD family 25, AVX-512 in 256-bit halves'),
+    (INTEL_XEON, ('GenuineIntel', True, 6), 'plain', 'Intel with AVX-512'),  # MKL runs AVX-512 on Intel
+    (AMD_EPYC_ZEN3, ('AuthenticAMD', False, 25), 'plain', 'AMD without AVX-512'),  # both libraries run AVX2
+    (ARM_GRAVITON3, (None, False, None), 'plain', 'CPU vendor unknown'),
 ])
-def test_the_rule_takes_onednn_on_amd_with_avx512_only(monkeypatch, tmp_path, cpuinfo, facts, linears, why):
+def test_the_rule_takes_onednn_on_amd_with_full_width_avx512_only(monkeypatch, tmp_path, cpuinfo, facts, linears, why):
     assert cpu_linears.read_cpuinfo(cpuinfo) == facts
     assert cpu_linears.onednn_pays(*facts) == (linears == 'oneDNN')
     (tmp_path / 'cpuinfo').write_text(cpuinfo)
@@ -134,7 +144,7 @@ def describe(use, reason, device_type='cpu'):
 
 
 def test_auto_is_plain_where_onednn_cannot_run_and_explicit_settings_are_taken(monkeypatch):
-    monkeypatch.setattr(cpu_linears, 'cpu_facts', lambda: cpu_linears.CpuFacts('AuthenticAMD', True))
+    monkeypatch.setattr(cpu_linears, 'cpu_facts', lambda: cpu_linears.CpuFacts('AuthenticAMD', True, 26))
     pretend_onednn_runs(monkeypatch)
     for device_type, dtype, compile in (('cpu', 'float16', False), ('cpu', 'bfloat16', False),
                                         ('cpu', 'float32', True), ('cuda', 'float32', False)):
@@ -151,16 +161,20 @@ def test_without_proc_cpuinfo_the_vendor_comes_from_windows_or_stays_unknown(mon
     monkeypatch.setattr(cpu_linears, 'CPUINFO', str(tmp_path / 'none'))
     monkeypatch.setenv('PROCESSOR_IDENTIFIER', 'AMD64 Family 25 Model 97 Stepping 2, AuthenticAMD')
     avx512 = torch.backends.cpu.get_cpu_capability() == 'AVX512'
-    assert cpu_linears.cpu_facts() == ('AuthenticAMD', avx512)
+    assert cpu_linears.cpu_facts() == ('AuthenticAMD', avx512, 25)
+    monkeypatch.setenv('PROCESSOR_IDENTIFIER', 'AMD64, AuthenticAMD')  # no family to read: plain, and said so
+    assert cpu_linears.cpu_facts() == ('AuthenticAMD', avx512, None)
+    assert not cpu_linears.onednn_pays('AuthenticAMD', True, None)
+    assert cpu_linears.describe_cpu('AuthenticAMD', True, None) == 'AMD with AVX-512, family unknown'
     monkeypatch.delenv('PROCESSOR_IDENTIFIER')  # a Mac
-    assert cpu_linears.cpu_facts() == (None, avx512) and not cpu_linears.onednn_pays(*cpu_linears.cpu_facts())
+    assert cpu_linears.cpu_facts() == (None, avx512, None) and not cpu_linears.onednn_pays(*cpu_linears.cpu_facts())
 
 
 @pytest.mark.skipif(not os.path.exists('/proc/cpuinfo'), reason="reads this machine's /proc/cpuinfo (Linux)")
 def test_this_machine_reads_as_its_model_name_and_torch_say():
     with open('/proc/cpuinfo') as f:
         model_name = re.search(r'^model name\s*:(.*)$', f.read(), re.MULTILINE)
-    vendor, avx512 = cpu_linears.cpu_facts()
+    vendor, avx512, _ = cpu_linears.cpu_facts()
     if model_name and ('AMD' in model_name[1]) != ('Intel' in model_name[1]):  # not a hypervisor's made-up name
         assert vendor == ('AuthenticAMD' if 'AMD' in model_name[1] else 'GenuineIntel'), model_name[1]
     if 'ATEN_CPU_CAPABILITY' not in os.environ:  # torch's own detection, unless told to run less

@@ -309,7 +309,7 @@ while True:
             log.event('eval', f"step {iter_num}: train loss {train_loss:.4f}, val loss {val_loss:.4f}, "
                               f"{outcome}",
                       iter=iter_num, train_loss=train_loss, val_loss=val_loss, best_val_loss=best_val_loss,
-                      lr=lr, saved=written == 'saved',
+                      lr=lr, saved=written == 'saved', **(runtime.compile_counts() if rt.compile else {}),
                       wandb={'train/loss': train_loss, 'val/loss': val_loss, 'lr': lr})
         eval_seconds = time.time() - t0
         t0, t0_iter = time.time(), iter_num  # evaluation time is not training time

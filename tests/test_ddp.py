@@ -47,9 +47,11 @@ def test_two_processes_on_one_machine(ddp_run):
     folder, stdout = ddp_run
     assert 'weights identical on all 2 ranks' in stdout
     assert '2 processes (DDP, gloo)' in stdout  # gloo chosen for the CPU
-    # rank 0 alone logs and writes the checkpoint; rank 1 trains silently
+    # rank 0 alone logs and writes the checkpoint; rank 1 trains silently (torch 2.9's gloo says on
+    # each rank that it connected: its line, not ours)
     rank_logs = {path.parent.name: path.read_text() for path in (folder / 'logs').rglob('stdout.log')}
-    assert 'saved out/ckpt.pt' in rank_logs['0'] and rank_logs['1'].strip() == ''
+    assert 'saved out/ckpt.pt' in rank_logs['0']
+    assert [line for line in rank_logs['1'].splitlines() if not line.startswith('[Gloo] ')] == []
     assert sorted(p.name for p in (folder / 'out').iterdir()) == ['ckpt.pt', 'metrics.jsonl']
     evals = [json.loads(l) for l in (folder / 'out' / 'metrics.jsonl').read_text().splitlines()
              if '"eval"' in l]
